@@ -1,0 +1,55 @@
+"""The edge's aiohttp application factory."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from edge.api import collections, coverages, landing, openapi
+from edge.clients import SETTINGS, grpc_clients
+from edge.errors import error_middleware
+from geomesh.metrics import HTTP_HANDLED, HTTP_SECONDS
+from geomesh.settings import EdgeSettings
+
+
+@web.middleware
+async def metrics_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        HTTP_HANDLED.labels(route, request.method, str(status)).inc()
+        HTTP_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(settings: EdgeSettings) -> web.Application:
+    # Errors are rendered inside the metrics middleware, so failures are counted with their real status.
+    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=16 * 1024 * 1024)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(grpc_clients)
+    app.router.add_get("/metrics", metrics)
+    # The rangeset route must come before /collections/{id}, whose pattern would also match it.
+    for module in (coverages, openapi, landing, collections):
+        app.add_routes(module.routes)
+    return app
+
+
+async def serve(settings: EdgeSettings) -> web.AppRunner:
+    runner = web.AppRunner(create_app(settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    return runner

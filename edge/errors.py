@@ -1,0 +1,45 @@
+"""Every failure at the edge becomes Harmony's JSON error `{"code", "description"}` with its status."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from geomesh.errors import GeomeshError, NotFoundError, RequestValidationError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(error: GeomeshError) -> web.Response:
+    return web.json_response(error.to_json(), status=error.http_status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GeomeshError as error:
+        return error_response(error)
+    except web.HTTPNotFound:
+        return error_response(NotFoundError(f"The requested page {request.path} was not found"))
+    except web.HTTPMethodNotAllowed as error:
+        return web.json_response(
+            RequestValidationError(f"{request.method} is not allowed on {request.path}; use {', '.join(sorted(error.allowed_methods))}").to_json(),
+            status=405,
+            headers={"Allow": ",".join(sorted(error.allowed_methods))},
+        )
+    except web.HTTPException as error:
+        if error.status >= 400:
+            return web.json_response(
+                {"code": "harmony.HttpError", "description": f"Error: {error.reason}"}, status=error.status
+            )
+        raise
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path_qs)
+        return web.json_response(
+            {"code": "harmony.ServerError", "description": "Error: Internal server error"}, status=500
+        )

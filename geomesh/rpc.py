@@ -1,0 +1,192 @@
+"""The lifecycle every geomesh gRPC server shares: error mapping, metrics, health, reflection, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from geomesh.errors import GeomeshError, from_rpc_error, grpc_trailers
+from geomesh.metrics import RPC_HANDLED, RPC_SECONDS
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+# Large enough for one shape upload or a generous output chunk; chunks themselves stay small.
+MESSAGE_LIMIT = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MESSAGE_LIMIT),
+    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+
+class _Call:
+    """One observed call: binds the request id, records metrics, maps errors to a gRPC status.
+
+    A GeomeshError becomes its own status with our trailers (so the client rebuilds the same
+    error); anything else is logged and becomes INTERNAL without leaking internals.
+    """
+
+    def __init__(self, service: str, method: str, context: grpc.aio.ServicerContext) -> None:
+        self.service, self.method, self.context = service, method, context
+        self.started = time.perf_counter()
+
+    async def __aenter__(self) -> None:
+        for key, value in self.context.invocation_metadata() or ():
+            if key == REQUEST_ID_KEY:
+                request_id.set(value)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, error: BaseException | None, tb: Any) -> bool:
+        code = grpc.StatusCode.OK
+        try:
+            if error is None:
+                return False
+            if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+                code = grpc.StatusCode.CANCELLED
+                return False
+            if type(error).__name__ == "AbortError":  # the servicer called context.abort() itself
+                code = self.context.code() or grpc.StatusCode.UNKNOWN
+                return False
+            if isinstance(error, GeomeshError):
+                code = error.grpc_status
+                await self.context.abort(code, error.message, trailing_metadata=grpc_trailers(error))
+            log.error("unexpected error in %s", self.method, exc_info=error)
+            code = grpc.StatusCode.INTERNAL
+            await self.context.abort(code, f"internal error in {self.method}: {type(error).__name__}")
+            return False
+        finally:
+            RPC_HANDLED.labels(self.service, self.method, code.name).inc()
+            RPC_SECONDS.labels(self.service, self.method).observe(time.perf_counter() - self.started)
+
+
+class _ServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith("/geomesh."):
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary:
+            inner_unary = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with _Call(self.service, method, context):
+                    return await inner_unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async with _Call(self.service, method, context):
+                    async for message in inner_stream(request, context):
+                        yield message
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+@dataclass
+class RunningServer:
+    name: str
+    server: grpc.aio.Server
+    port: int
+    metrics_port: int | None
+    health: health.aio.HealthServicer
+    # Run after the server stops, e.g. to close clients, pools and executors.
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for cleanup in self.on_stop:
+            await cleanup()
+
+
+Registrar = Callable[[grpc.aio.Server], None]
+
+
+async def start_server(
+    name: str,
+    register: Registrar,
+    service_names: list[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    metrics_port: int | None = None,
+) -> RunningServer:
+    """Start a gRPC server with health (SERVING once started), reflection and /metrics.
+
+    `register` adds the servicers; `service_names` are their full names for health and reflection.
+    Port 0 picks a free port (tests); metrics_port None serves no /metrics (tests in one process).
+    """
+    server = grpc.aio.server(interceptors=[_ServerInterceptor(name)], options=CHANNEL_OPTIONS)
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"{name}: cannot listen on {host}:{port} (address in use?)")
+    await server.start()
+    for service in ("", *service_names):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    exposed = None
+    if metrics_port is not None:
+        httpd, _ = start_http_server(metrics_port, addr=host)
+        exposed = httpd.server_port
+    log.info("%s listening on %s:%d (metrics: %s)", name, host, bound, exposed)
+    return RunningServer(name, server, bound, exposed, health_servicer)
+
+
+async def run_until_signalled(running: RunningServer, grace: float = 5.0) -> None:
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls for `grace` seconds."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("%s stopping", running.name)
+    await running.stop(grace)
+
+
+@contextmanager
+def rpc_errors() -> Iterator[None]:
+    """Client side: turn a failed call into the GeomeshError the peer raised."""
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from None
+
+
+@asynccontextmanager
+async def open_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
+    channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    try:
+        yield channel
+    finally:
+        await channel.close()
