@@ -131,19 +131,20 @@ class Registry:
         candidates = self.for_collection(collection_id)
         if not candidates:
             return None
-        for service in candidates:
+        capable = [s for s in candidates if _can_do(s.capabilities, operations)]
+        for service in capable:
             output_format = _choose_format(service.capabilities.output_formats, operations)
-            if output_format and _can_do(service.capabilities, operations):
+            if output_format:
                 return Match(service, output_format)
-        wanted = operations.describe()
-        if not wanted:  # only a format negotiation (Accept header) failed
-            formats = sorted({f for s in candidates for f in s.capabilities.output_formats})
+        if capable and not operations.output_format:  # only the Accept header could not be met
+            formats = sorted({f for s in capable for f in s.capabilities.output_formats})
             raise UnsupportedOperationError(
-                f"none of the requested formats ({', '.join(operations.accepted_formats)}) can be produced for "
+                f"none of the accepted formats ({', '.join(operations.accepted_formats)}) can be produced for "
                 f"{collection_id}; supported formats are: {', '.join(formats)}"
             )
         raise UnsupportedOperationError(
-            f"the requested combination of operations: {' and '.join(wanted)} on {collection_id} is unsupported"
+            f"the requested combination of operations: {' and '.join(operations.describe())} on {collection_id} "
+            "is unsupported"
         )
 
 

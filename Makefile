@@ -1,0 +1,26 @@
+# One command to start geomesh, one to test it. Both set up .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: up test bench install clean
+
+$(BIN)/geomesh: pyproject.toml setup.py $(wildcard protos/geomesh/v1/*.proto)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/geomesh
+
+up: install  ## every service on localhost with the demo catalog; edge on http://127.0.0.1:3000
+	$(BIN)/geomesh up
+
+test: install
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python benchmarks/bbox_crop.py
+
+clean:
+	rm -rf $(VENV) .data build *.egg-info geomesh/v1/*_pb2*.py geomesh/v1/*_pb2*.pyi
