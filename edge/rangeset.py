@@ -25,6 +25,11 @@ PARAMETERS = {
 }
 _SUBSET = re.compile(r"^\s*(?P<dim>[A-Za-z_][\w.-]*)\s*\((?P<body>.*)\)\s*$", re.S)
 _BOOLEANS = {"true": True, "false": False}
+# lat/lon subsets are read as WGS84 degrees; these are the ways to say so.
+_WGS84 = {
+    "epsg:4326", "crs:84", "crs84", "http://www.opengis.net/def/crs/epsg/0/4326",
+    "http://www.opengis.net/def/crs/ogc/1.3/crs84",
+}
 
 
 @dataclass
@@ -66,6 +71,12 @@ def build_request(params: RangesetParameters, collection: str, variable_path: st
     request.granule_names.extend(params.listed("granuleName"))
     request.labels.extend(params.listed("label"))
     _apply_subsets(request, params.values.get("subset", []))
+    subsetting_crs = params.single("subsettingCrs")
+    if subsetting_crs is not None and subsetting_crs.strip().lower() not in _WGS84:
+        raise RequestValidationError(
+            f'query parameter "subsettingCrs" value "{subsetting_crs}" is not supported: subsets are read as '
+            "WGS84 longitude/latitude degrees (EPSG:4326 or CRS84)"
+        )
     output = request.output
     output.format = (params.single("format") or "").strip()
     if output.format and not re.fullmatch(r"[\w.+-]+/[\w.+-]+", output.format):

@@ -56,6 +56,7 @@ def test_output_options() -> None:
         ([], "parameter_vars", 'must be used with the "variable" query parameter'),
         ([("variable", "a")], "red_var", '"variable" parameter may only be used'),
         ([("colour", "red")], "all", "Unknown query parameter 'colour'"),
+        ([("subsettingCrs", "EPSG:3857")], "all", '"subsettingCrs" value "EPSG:3857" is not supported'),
     ],
 )
 def test_invalid_parameters_say_what_is_wrong(pairs: list[tuple[str, str]], variable: str, message: str) -> None:
