@@ -1,0 +1,1 @@
+"""geomesh transformers: gRPC servers that transform one granule at a time."""

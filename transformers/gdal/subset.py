@@ -1,0 +1,317 @@
+"""The raster work of the gdal transformer, without gRPC: pick bands, crop to a bbox, write a file.
+
+Blocking (GDAL): callers run it on worker threads. The output goes to a scratch file that the
+caller streams and deletes, so a large output never sits whole in Python memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+import pyproj
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
+from rasterio.io import DatasetReader
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window, from_bounds
+from rasterio.windows import bounds as window_bounds
+
+from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
+from geomesh.model import BBox
+from transformers.gdal.datasets import DatasetPool
+
+TIFF = "image/tiff"
+PNG = "image/png"
+EXTENSIONS: dict[str, str] = {TIFF: ".tif", PNG: ".png"}
+WGS84 = CRS.from_epsg(4326)
+
+# GeoTIFFs are copied in slabs of about this many bytes, so memory stays flat for large crops.
+_SLAB_BYTES = 16 * 1024 * 1024
+_TILE = 256
+# Granule names often end with the source file's extension; Harmony drops it from output names.
+_SOURCE_SUFFIX = re.compile(r"\.(tiff?|png|jpe?g|nc4?|h5|he5|hdf5?|zarr)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class SubsetRequest:
+    """One granule's work, in domain terms (the service converts the WorkItem into this)."""
+
+    granule_id: str
+    granule_name: str
+    href: str
+    media_type: str
+    variables: tuple[str, ...] = ()
+    bbox: BBox | None = None
+    # The output CRS the user asked for; only the source's own is supported here.
+    crs: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubsetResult:
+    path: Path
+    media_type: str
+    file_name: str
+    # The output's extent in WGS84; None when the source has no CRS.
+    bbox: BBox | None
+    size_bytes: int
+
+
+def output_format(media_type: str) -> str:
+    """The supported media type asked for (parameters and case ignored), or UnsupportedOperationError."""
+    normalized = media_type.split(";", 1)[0].strip().lower() or TIFF
+    if normalized not in EXTENSIONS:
+        supported = ", ".join(EXTENSIONS)
+        raise UnsupportedOperationError(
+            f"The gdal transformer cannot write {media_type!r}; it writes these formats: {supported}."
+        )
+    return normalized
+
+
+def gdal_path(href: str) -> str:
+    """A data link as GDAL opens it: file:// and plain paths locally, http(s) and s3 through /vsi."""
+    url = urlparse(href)
+    if url.scheme == "file":
+        return unquote(url.path)
+    if url.scheme in ("http", "https"):
+        return f"/vsicurl/{href}"
+    if url.scheme == "s3":
+        return f"/vsis3/{url.netloc}{url.path}"
+    return href
+
+
+def output_file_name(granule_name: str, variables: Sequence[str], subsetted: bool, media_type: str) -> str:
+    """Harmony style: <granule>[_<variable>][_subsetted].<ext>."""
+    name = _SOURCE_SUFFIX.sub("", granule_name) or "output"
+    if len(variables) == 1:
+        name += "_" + re.sub(r"[^\w.-]+", "_", variables[0]).strip("_")
+    if subsetted:
+        name += "_subsetted"
+    return name + EXTENSIONS[media_type]
+
+
+def subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None = None) -> SubsetResult:
+    """Read only the requested bands and window of a granule and write them in the requested format."""
+    media_type = output_format(request.media_type)
+    source = gdal_path(request.href)
+    remote = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"} if source.startswith("/vsi") else {}
+    try:
+        with rasterio.Env(**remote), pool.open(source) as src:
+            _check_crs(request.crs, src.crs)
+            bands = _band_indexes(src, request.variables, request.granule_id)
+            if media_type == PNG and len(bands) > 4:
+                raise RequestValidationError(
+                    f"PNG holds at most 4 variables (gray, gray+alpha, RGB or RGBA) but {len(bands)} were "
+                    "selected: ask for fewer variables or for image/tiff."
+                )
+            window = _window(src, request.bbox, request.granule_id)
+            bbox = _wgs84_bounds(src, window)
+            path = _write(src, bands, window, _WRITERS[media_type], scratch_dir, EXTENSIONS[media_type])
+    except (RasterioError, OSError) as error:
+        raise TransformError(f"Cannot process granule {request.granule_id} ({request.href}): {error}") from error
+    return SubsetResult(
+        path=path,
+        media_type=media_type,
+        file_name=output_file_name(request.granule_name, request.variables, request.bbox is not None, media_type),
+        bbox=bbox,
+        size_bytes=path.stat().st_size,
+    )
+
+
+def _check_crs(requested: str | None, source: CRS | None) -> None:
+    if not requested:
+        return
+    try:
+        wanted = CRS.from_user_input(requested)
+    except CRSError:
+        raise RequestValidationError(f"{requested!r} is not a coordinate reference system geomesh understands.") from None
+    if source is None or not _same_crs(wanted.to_wkt(), source.to_wkt()):
+        raise UnsupportedOperationError(
+            f"The gdal transformer does not reproject yet: the granule is in {source or 'no CRS'}, "
+            f"and {requested} was requested. Leave out the output CRS to get the source's own."
+        )
+
+
+@lru_cache(maxsize=256)
+def _same_crs(wkt: str, other_wkt: str) -> bool:
+    """Equal up to axis order (CRS84 and EPSG:4326 need no reprojection between them)."""
+    return pyproj.CRS.from_wkt(wkt).equals(pyproj.CRS.from_wkt(other_wkt), ignore_axis_order=True)
+
+
+def _band_indexes(src: DatasetReader, variables: Sequence[str], granule_id: str) -> list[int]:
+    """Band numbers for variable names matched against band descriptions; none named means all."""
+    if not variables:
+        return list(src.indexes)
+    by_name: dict[str, int] = {}
+    for index, description in zip(src.indexes, src.descriptions, strict=True):
+        if description:
+            by_name.setdefault(description, index)
+    found: list[int] = []
+    missing: list[str] = []
+    for variable in variables:
+        index = by_name.get(variable) or by_name.get(variable.rsplit("/", 1)[-1])
+        if index is None:
+            missing.append(variable)
+        elif index not in found:
+            found.append(index)
+    if missing:
+        names = ", ".join(by_name) or "none named"
+        raise RequestValidationError(
+            f"Granule {granule_id} has no variable named {', '.join(missing)} (its variables: {names})."
+        )
+    return found
+
+
+def _window(src: DatasetReader, bbox: BBox | None, granule_id: str) -> Window:
+    """The pixel window of a WGS84 bbox: whole pixels, edges within half a pixel, clipped to the data."""
+    if bbox is None:
+        return Window(0, 0, src.width, src.height)
+    if src.crs is None:
+        raise UnsupportedOperationError(f"Granule {granule_id} has no CRS, so it cannot be subset by bounding box.")
+    if bbox.west > bbox.east:
+        raise UnsupportedOperationError("Bounding boxes crossing the antimeridian are not supported yet.")
+    extent = _wgs84_bounds(src, Window(0, 0, src.width, src.height))
+    assert extent is not None
+    west, south = max(bbox.west, extent.west), max(bbox.south, extent.south)
+    east, north = min(bbox.east, extent.east), min(bbox.north, extent.north)
+    if not (_overlaps(bbox.west, bbox.east, west, east) and _overlaps(bbox.south, bbox.north, south, north)):
+        raise RequestValidationError(
+            f"The requested bounding box does not intersect granule {granule_id}, whose extent is "
+            f"{extent.west:g},{extent.south:g},{extent.east:g},{extent.north:g} (west,south,east,north)."
+        )
+    left, bottom, right, top = transform_bounds(WGS84, src.crs, west, south, east, north, densify_pts=21)
+    exact = from_bounds(left, bottom, right, top, src.transform)
+    cols = _pixel_span(exact.col_off, exact.col_off + exact.width, src.width)
+    rows = _pixel_span(exact.row_off, exact.row_off + exact.height, src.height)
+    return Window(cols[0], rows[0], cols[1] - cols[0], rows[1] - rows[0])
+
+
+def _overlaps(low: float, high: float, clipped_low: float, clipped_high: float) -> bool:
+    """Whether clipping [low, high] left something: an area, or the point a degenerate bbox is."""
+    return clipped_low < clipped_high or (low == high and clipped_low <= clipped_high)
+
+
+def _pixel_span(start: float, stop: float, size: int) -> tuple[int, int]:
+    """Whole pixels at least half inside [start, stop) (ties go outward), at least one, within [0, size)."""
+    first = max(0, math.ceil(start - 0.5 - 1e-6))
+    last = min(size, math.floor(stop + 0.5 + 1e-6))
+    if last <= first:
+        first = min(max(0, math.floor((start + stop) / 2)), size - 1)
+        last = first + 1
+    return first, last
+
+
+def _wgs84_bounds(src: DatasetReader, window: Window) -> BBox | None:
+    if src.crs is None:
+        return None
+    left, bottom, right, top = window_bounds(window, src.transform)
+    if not src.crs.is_geographic or not _same_crs(src.crs.to_wkt(), WGS84.to_wkt()):
+        left, bottom, right, top = transform_bounds(src.crs, WGS84, left, bottom, right, top, densify_pts=21)
+    return BBox(min(left, right), min(bottom, top), max(left, right), max(bottom, top))
+
+
+Writer = Callable[[DatasetReader, list[int], Window, Path], None]
+
+
+def _write(
+    src: DatasetReader, bands: list[int], window: Window, writer: Writer, scratch_dir: Path | None, extension: str
+) -> Path:
+    """Write to a fresh scratch file, removed again if writing fails."""
+    descriptor, name = tempfile.mkstemp(prefix="geomesh-gdal-", suffix=extension, dir=scratch_dir)
+    os.close(descriptor)
+    path = Path(name)
+    try:
+        # No PAM: nothing may leave a .aux.xml sidecar beside the output.
+        with rasterio.Env(GDAL_PAM_ENABLED="NO"):
+            writer(src, bands, window, path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_tiff(src: DatasetReader, bands: list[int], window: Window, path: Path) -> None:
+    """A GeoTIFF keeping the source's georeferencing, nodata, colors, descriptions, tags, scale/offset."""
+    width, height = int(window.width), int(window.height)
+    dtype = np.result_type(*(src.dtypes[band - 1] for band in bands))
+    tiled = width >= _TILE and height >= _TILE
+    profile: dict[str, object] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": len(bands),
+        "dtype": dtype,
+        "crs": src.crs,
+        "transform": src.window_transform(window),
+        "nodata": src.nodatavals[bands[0] - 1],
+        "compress": "deflate",
+        "bigtiff": "if_safer",
+    }
+    if tiled:
+        profile.update(tiled=True, blockxsize=_TILE, blockysize=_TILE)
+    row_bytes = max(1, width * len(bands) * dtype.itemsize)
+    slab = max(1, _SLAB_BYTES // row_bytes)
+    if tiled:
+        slab = max(_TILE, slab - slab % _TILE)
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, height, slab):
+            rows = min(slab, height - row)
+            part = Window(window.col_off, window.row_off + row, width, rows)
+            dst.write(src.read(bands, window=part, out_dtype=dtype), window=Window(0, row, width, rows))
+        dst.update_tags(**src.tags())
+        for out, band in enumerate(bands, start=1):
+            if src.descriptions[band - 1]:
+                dst.set_band_description(out, src.descriptions[band - 1])
+            if src.units[band - 1]:
+                dst.set_band_unit(out, src.units[band - 1])
+            dst.update_tags(out, **src.tags(band))
+        dst.colorinterp = [src.colorinterp[band - 1] for band in bands]
+        dst.scales = [src.scales[band - 1] for band in bands]
+        dst.offsets = [src.offsets[band - 1] for band in bands]
+        if len(bands) == 1 and dtype == np.uint8:
+            try:
+                dst.write_colormap(1, src.colormap(bands[0]))
+            except ValueError:  # no palette on that band
+                pass
+
+
+def _write_png(src: DatasetReader, bands: list[int], window: Window, path: Path) -> None:
+    """A PNG (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA); non-byte data is stretched to 0..255 per band.
+
+    PNG has no place for georeferencing (GDAL would need a sidecar), so the output's bbox travels
+    in the stream header instead.
+    """
+    data = src.read(bands, window=window)
+    if data.dtype != np.uint8:
+        data = np.stack([_to_bytes(plane, src.nodatavals[band - 1]) for plane, band in zip(data, bands, strict=True)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(
+            path, "w", driver="PNG", width=data.shape[2], height=data.shape[1], count=len(bands), dtype="uint8", zlevel=6
+        ) as dst:
+            dst.write(data)
+
+
+def _to_bytes(plane: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Stretch valid values linearly to 0..255 (min to max); nodata and NaN become 0."""
+    valid = np.isfinite(plane) if plane.dtype.kind == "f" else np.ones(plane.shape, dtype=bool)
+    if nodata is not None:
+        valid &= plane != nodata
+    if not valid.any():
+        return np.zeros(plane.shape, dtype=np.uint8)
+    low, high = float(plane[valid].min()), float(plane[valid].max())
+    scaled = (plane.astype(np.float64) - low) * (255.0 / (high - low) if high > low else 0.0)
+    return np.where(valid, np.clip(np.rint(scaled), 0, 255), 0).astype(np.uint8)
+
+
+_WRITERS: dict[str, Writer] = {TIFF: _write_tiff, PNG: _write_png}
