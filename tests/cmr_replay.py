@@ -21,6 +21,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import BodyPartReader, web
 
+from tests.loopback import serve_app
+
 __all__ = ["FIXTURES", "Recording", "fixtures_available", "load_recordings", "make_app", "replay_cmr"]
 
 Pairs = tuple[tuple[str, str], ...]
@@ -202,12 +204,5 @@ def make_app(recordings: tuple[Recording, ...]) -> web.Application:
 @asynccontextmanager
 async def replay_cmr(folder: Path | None = None) -> AsyncIterator[str]:
     """Serve the recordings on 127.0.0.1 (a free port) and yield the root URL to give CmrCatalog."""
-    runner = web.AppRunner(make_app(load_recordings(folder or FIXTURES)), access_log=None, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_app(make_app(load_recordings(folder or FIXTURES))) as url:
+        yield url

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
 
 from catalog.demo.generate import generate_demo
 from geomesh.settings import CatalogSettings, EdgeSettings, SchedulerSettings, TransformerSettings
+from tests.loopback import serve_app
 
 GLOBAL_GRANULE = "G1233800343-EEDTEST"
 HARMONY_EXAMPLE = "C1233800302-EEDTEST"
@@ -50,16 +50,10 @@ async def mesh(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Asyn
     os.environ["GEOMESH_GDAL_ADDRESSES"] = transformer.address  # read by services.yml
     catalog = await serve_catalog(CatalogSettings(port=0, data_dir=demo_dir))
     scheduler = await serve_scheduler(SchedulerSettings(port=0, catalog_address=catalog.address))
-    runner = web.AppRunner(
-        create_app(EdgeSettings(port=0, scheduler_address=scheduler.address, catalog_address=catalog.address))
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    edge = create_app(EdgeSettings(port=0, scheduler_address=scheduler.address, catalog_address=catalog.address))
     try:
-        yield Mesh(f"http://127.0.0.1:{port}", catalog.address, scheduler.address, transformer.address, demo_dir)
+        async with serve_app(edge) as url:
+            yield Mesh(url, catalog.address, scheduler.address, transformer.address, demo_dir)
     finally:
-        await runner.cleanup()
         for server in (scheduler, catalog, transformer):
             await server.stop(grace=1)

@@ -6,7 +6,7 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ from catalog.models import GranuleRecord
 from geomesh.errors import NotFoundError, RequestValidationError, ServiceUnavailableError
 from geomesh.model import BBox, TimeRange
 from tests.cmr_replay import FIXTURES, fixtures_available, load_recordings, replay_cmr
+from tests.loopback import serve_app
 
 V1 = "C1233800302-EEDTEST"  # harmony_example v1
 V2 = "C1234088182-EEDTEST"  # harmony_example v2
@@ -159,19 +160,10 @@ async def test_unrecorded_request_is_refused_with_hints(cmr_root: str) -> None:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@asynccontextmanager
-async def fake_cmr(handler: Handler) -> AsyncIterator[str]:
+def fake_cmr(handler: Handler) -> AbstractAsyncContextManager[str]:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
+    return serve_app(app, shutdown_timeout=0.1)
 
 
 def feed(entries: list[dict[str, Any]], hits: int, search_after: str | None = None) -> web.Response:
