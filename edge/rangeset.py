@@ -92,9 +92,11 @@ def build_request(params: RangesetParameters, collection: str, variable_path: st
     max_results = _integer(params, "maxResults", minimum=1)
     if max_results is not None:
         request.max_results = max_results
-    request.force_async = _boolean(params, "forceAsync")
-    request.ignore_errors = _boolean(params, "ignoreErrors")
-    request.skip_preview = _boolean(params, "skipPreview")
+    request.force_async = _boolean(params, "forceAsync") or False
+    ignore_errors = _boolean(params, "ignoreErrors")
+    if ignore_errors is not None:
+        request.ignore_errors = ignore_errors
+    request.skip_preview = _boolean(params, "skipPreview") or False
     return request
 
 
@@ -244,10 +246,10 @@ def _integer(params: RangesetParameters, name: str, minimum: int) -> int | None:
     return number
 
 
-def _boolean(params: RangesetParameters, name: str) -> bool:
+def _boolean(params: RangesetParameters, name: str) -> bool | None:
     value = params.single(name)
     if value is None:
-        return False
+        return None
     if value.lower() not in _BOOLEANS:
         raise RequestValidationError(f'query parameter "{name}" should be boolean (true or false)')
     return _BOOLEANS[value.lower()]
