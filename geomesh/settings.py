@@ -54,6 +54,28 @@ class SchedulerSettings(_Service):
     catalog_address: str = "127.0.0.1:50052"
     # Calls in flight to one transformer address; more would queue on the channel.
     transformer_concurrency: int = Field(default=16, ge=1)
+    data_dir: Path = DEFAULT_DATA_DIR
+    # None: SQLite in the data folder. PostgreSQL: postgresql+asyncpg://user@host/db
+    database_url: str | None = None
+    # None: <data_dir>/staging. Job outputs are written here and served by /service-results.
+    staging_dir: Path | None = None
+    # Work items this scheduler runs at once (the transformer pool also caps calls per replica).
+    dispatch_slots: int = Field(default=8, ge=1)
+    # A leased item whose scheduler stops renewing it is run again by another after this long.
+    lease_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    # Retries wait retry_delay_seconds * 2^(attempt-1).
+    retry_delay_seconds: float = Field(default=1.0, ge=0)
+    # The most granules one job processes ("system constraints" in the job message).
+    max_granules: int = Field(default=10000, ge=1)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'jobs.db').resolve()}"
+
+    @property
+    def resolved_staging_dir(self) -> Path:
+        return (self.staging_dir or self.data_dir / "staging").resolve()
 
 
 class EdgeSettings(_Service):
@@ -62,5 +84,7 @@ class EdgeSettings(_Service):
     port: int = 3000
     scheduler_address: str = "127.0.0.1:50051"
     catalog_address: str = "127.0.0.1:50052"
-    # Shown as the user of every request until users and tokens are configured.
+    # Users, their tokens/passwords and roles (YAML, see edge/auth.py). None: one local user,
+    # default_user, owns every request: the embedded single-user default.
+    users_file: Path | None = None
     default_user: str = "anonymous"

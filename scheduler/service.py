@@ -1,130 +1,249 @@
-"""The Scheduler gRPC service: catalog search -> service match -> transformer -> relayed output."""
+"""The Scheduler gRPC service: runs a request synchronously or as a job, and answers for its jobs."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
 
-from geomesh.errors import RequestValidationError, UnsupportedOperationError
+from geomesh.errors import RequestValidationError
+from geomesh.model import BBox, TimeRange
 from geomesh.rpc import REQUEST_ID_KEY, RunningServer, rpc_errors, start_server
 from geomesh.settings import SchedulerSettings
 from geomesh.v1 import (
-    catalog_pb2,
     catalog_pb2_grpc,
     request_pb2,
     scheduler_pb2,
     scheduler_pb2_grpc,
-    transformer_pb2,
     types_pb2,
 )
+from scheduler.dispatcher import Dispatcher
+from scheduler.jobs.messages import job_message
+from scheduler.jobs.states import JobStatus
+from scheduler.jobs.store import Caller, JobStore, NewJob, NewLink
+from scheduler.planner import Plan, Planner, limit_message, work_item
+from scheduler.staging import LocalStaging
 from scheduler.transformer_pool import TransformerPool
+
+DEFAULT_LINK_LIMIT = 2000
+_ACTIONS = {
+    scheduler_pb2.ControlJobRequest.CANCEL: JobStatus.CANCELED,
+    scheduler_pb2.ControlJobRequest.PAUSE: JobStatus.PAUSED,
+    scheduler_pb2.ControlJobRequest.RESUME: JobStatus.RUNNING,
+    scheduler_pb2.ControlJobRequest.SKIP_PREVIEW: JobStatus.RUNNING,
+}
 
 
 class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
-    def __init__(self, catalog: catalog_pb2_grpc.CatalogStub, transformers: TransformerPool) -> None:
-        self.catalog = catalog
+    def __init__(
+        self,
+        planner: Planner,
+        transformers: TransformerPool,
+        store: JobStore,
+        staging: LocalStaging,
+        dispatcher: Dispatcher,
+        settings: SchedulerSettings,
+    ) -> None:
+        self.planner = planner
         self.transformers = transformers
+        self.store = store
+        self.staging = staging
+        self.dispatcher = dispatcher
+        self.settings = settings
 
     async def Execute(
         self, request: request_pb2.DataRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[scheduler_pb2.ExecuteResponse]:
         metadata = ((REQUEST_ID_KEY, request.request_id),)
         with rpc_errors():
-            collection = await self.catalog.GetCollection(
-                catalog_pb2.GetCollectionRequest(collection=request.collection), metadata=metadata
-            )
-            variables = await self._resolve_variables(collection.id, list(request.variables), metadata)
-            resolved = request_pb2.DataRequest()
-            resolved.CopyFrom(request)
-            resolved.collection = collection.id
-            del resolved.variables[:]
-            resolved.variables.extend(variables)
-            match = await self.catalog.MatchService(resolved, metadata=metadata)
-            if match.WhichOneof("result") == "direct_download_message":
-                raise UnsupportedOperationError(
-                    f"no service transforms {collection.id}, and listing its granules' own links needs "
-                    "asynchronous jobs, which this geomesh version does not run yet"
-                )
-            hits, granules = await self._search(resolved, limit=2, metadata=metadata)
-        granule = self._single_granule(resolved, match.service, hits, granules)
-        item = transformer_pb2.WorkItem(
-            request_id=request.request_id,
-            granule=granule,
-            variables=variables,
-            bbox=resolved.bbox if resolved.HasField("bbox") else None,
-            temporal=resolved.temporal if resolved.HasField("temporal") else None,
-            dimensions=resolved.dimensions,
-            shape=resolved.shape if resolved.HasField("shape") else None,
-            output=resolved.output,
-        )
-        item.output.format = match.output_format
-        async for chunk in self.transformers.transform(list(match.service.addresses), item):
+            plan = await self.planner.plan(request, metadata)
+            if plan.direct_download:
+                yield scheduler_pb2.ExecuteResponse(job=await self._direct_download(plan, metadata))
+                return
+            hits, granules = await self.planner.search(plan.request, limit=2, metadata=metadata)
+            if hits == 0 or not granules:
+                raise RequestValidationError("No matching granules found.")
+            if not self._runs_sync(plan, hits):
+                yield scheduler_pb2.ExecuteResponse(job=await self._create_job(plan, hits, metadata))
+                return
+        item = work_item(plan.request, granules[0], plan.match)
+        async for chunk in self.transformers.transform(list(plan.match.service.addresses), item):
             if chunk.WhichOneof("item") == "header":
                 yield scheduler_pb2.ExecuteResponse(header=chunk.header)
             else:
                 yield scheduler_pb2.ExecuteResponse(data=chunk.data)
 
-    async def _resolve_variables(self, collection_id: str, requested: list[str], metadata: tuple) -> list[str]:
-        """Requested names or concept ids to variable names; every unknown one is reported at once."""
-        if not requested:
-            return []
-        response = await self.catalog.ListVariables(
-            catalog_pb2.ListVariablesRequest(collection_id=collection_id), metadata=metadata
-        )
-        by_key = {key: v.name for v in response.variables for key in (v.name, v.id)}
-        missing = [name for name in requested if name not in by_key]
-        if missing:
-            raise RequestValidationError(f"Coverages were not found for the provided variables: {', '.join(missing)}")
-        return list(dict.fromkeys(by_key[name] for name in requested))
+    def _runs_sync(self, plan: Plan, hits: int) -> bool:
+        """Harmony's rule: one granule, a service that allows sync, and no forceAsync."""
+        request = plan.request
+        count = min(hits, request.max_results) if request.HasField("max_results") else hits
+        return count == 1 and plan.match.service.maximum_sync_granules >= 1 and not request.force_async
 
-    async def _search(
-        self, request: request_pb2.DataRequest, limit: int, metadata: tuple
-    ) -> tuple[int, list[types_pb2.Granule]]:
-        search = catalog_pb2.SearchGranulesRequest(
-            collection_id=request.collection,
-            granule_ids=request.granule_ids,
-            granule_names=request.granule_names,
-            limit=limit,
-        )
-        if request.HasField("bbox"):
-            search.bbox.CopyFrom(request.bbox)
-        if request.HasField("temporal"):
-            search.temporal.CopyFrom(request.temporal)
-        hits, granules = 0, []
-        async for response in self.catalog.SearchGranules(search, metadata=metadata):
-            if response.WhichOneof("item") == "hits":
-                hits = response.hits
-            else:
-                granules.append(response.granule)
-        return hits, granules
+    def _granule_limit(self, request: request_pb2.DataRequest) -> int:
+        if request.HasField("max_results"):
+            return min(request.max_results, self.settings.max_granules)
+        return self.settings.max_granules
 
-    @staticmethod
-    def _single_granule(
-        request: request_pb2.DataRequest, service: catalog_pb2.Service, hits: int, granules: list[types_pb2.Granule]
-    ) -> types_pb2.Granule:
+    async def _create_job(self, plan: Plan, hits: int, metadata: tuple) -> scheduler_pb2.Job:
+        request = plan.request
+        hits, granules = await self.planner.search(request, limit=self._granule_limit(request), metadata=metadata)
+        max_results = request.max_results if request.HasField("max_results") else None
+        view = await self.store.create_job(
+            NewJob(
+                username=request.user,
+                request_url=request.request_url,
+                data_request=request.SerializeToString(),
+                service_match=plan.match.SerializeToString(),
+                num_input_granules=len(granules),
+                ignore_errors=request.ignore_errors if request.HasField("ignore_errors") else True,
+                labels=list(request.labels),
+                custom_message=limit_message(hits, len(granules), max_results),
+                work=[(granule.id, granule.SerializeToString()) for granule in granules],
+            )
+        )
+        self.dispatcher.wake()
+        return job_message(view)
+
+    async def _direct_download(self, plan: Plan, metadata: tuple) -> scheduler_pb2.Job:
+        """No operation to perform: the granules' own data links answer the request at once."""
+        request = plan.request
+        hits, granules = await self.planner.search(request, limit=self._granule_limit(request), metadata=metadata)
         if hits == 0 or not granules:
             raise RequestValidationError("No matching granules found.")
-        count = min(hits, request.max_results) if request.HasField("max_results") else hits
-        if count == 1 and service.maximum_sync_granules >= 1 and not request.force_async:
-            return granules[0]
-        reason = (
-            "forceAsync was requested"
-            if request.force_async
-            else f"the request matches {count} granules"
-            if count > 1
-            else f"{service.name} always runs asynchronously"
+        max_results = request.max_results if request.HasField("max_results") else None
+        notice = limit_message(hits, len(granules), max_results)
+        message = plan.match.direct_download_message + (f" {notice}" if notice else "")
+        view = await self.store.create_job(
+            NewJob(
+                username=request.user,
+                request_url=request.request_url,
+                data_request=request.SerializeToString(),
+                service_match=None,
+                num_input_granules=len(granules),
+                labels=list(request.labels),
+                custom_message=message,
+                links=[link for granule in granules for link in _granule_links(granule)],
+            )
         )
-        raise UnsupportedOperationError(
-            f"{reason}, and asynchronous jobs are not available in this geomesh version yet. "
-            "Select one granule (granuleId, granuleName, maxResults=1, or a narrower subset) for a synchronous result."
+        return job_message(view)
+
+    async def GetJob(self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.Job:
+        with rpc_errors():
+            page, limit = _paging(request.page, request.limit, DEFAULT_LINK_LIMIT)
+            view = await self.store.get_job(_caller(request.caller), _job_id(request.job_id), page=page, limit=limit)
+            return job_message(view)
+
+    async def ListJobs(
+        self, request: scheduler_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.ListJobsResponse:
+        with rpc_errors():
+            page, limit = _paging(request.page, request.limit, 10)
+            views, total = await self.store.list_jobs(_caller(request.caller), page=page, limit=limit, labels=request.labels)
+            return scheduler_pb2.ListJobsResponse(jobs=[job_message(view) for view in views], total=total)
+
+    async def ControlJob(
+        self, request: scheduler_pb2.ControlJobRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.Job:
+        with rpc_errors():
+            if request.action not in _ACTIONS:
+                raise RequestValidationError("action must be one of CANCEL, PAUSE, RESUME, SKIP_PREVIEW")
+            caller, job_id = _caller(request.caller), _job_id(request.job_id)
+            await self.store.move(caller, job_id, _ACTIONS[request.action])
+            if request.action == scheduler_pb2.ControlJobRequest.CANCEL:
+                self.dispatcher.stop_job(job_id)
+            else:
+                self.dispatcher.wake()
+            return job_message(await self.store.get_job(caller, job_id, page=1, limit=DEFAULT_LINK_LIMIT))
+
+    async def JobStatuses(
+        self, request: scheduler_pb2.JobStatusesRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.JobStatusesResponse:
+        with rpc_errors():
+            ids = [_job_id(job_id) for job_id in request.job_ids]
+            found = {job.job_id: job for job in await self.store.find_jobs(_caller(request.caller), ids)}
+            return scheduler_pb2.JobStatusesResponse(
+                statuses=[
+                    scheduler_pb2.JobStatus(job_id=job_id, status=found[job_id].status, progress=found[job_id].progress)
+                    for job_id in dict.fromkeys(ids)
+                    if job_id in found
+                ],
+                not_found=[job_id for job_id in dict.fromkeys(ids) if job_id not in found],
+            )
+
+    async def UpdateLabels(
+        self, request: scheduler_pb2.UpdateLabelsRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.UpdateLabelsResponse:
+        with rpc_errors():
+            ids = [_job_id(job_id) for job_id in request.job_ids]
+            if not ids:
+                raise RequestValidationError("Give at least one jobID")
+            labels = await self.store.update_labels(_caller(request.caller), ids, request.labels, remove=request.remove)
+            return scheduler_pb2.UpdateLabelsResponse(job_ids=ids, labels=labels)
+
+    async def FetchResult(
+        self, request: scheduler_pb2.FetchResultRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scheduler_pb2.FetchResultResponse]:
+        with rpc_errors():
+            job_id = _job_id(request.job_id)
+            item_id, _, file_name = request.path.partition("/")
+            link = await self.store.find_link(
+                _caller(request.caller), job_id, self.staging.href(job_id, int(item_id) if item_id.isdigit() else -1, file_name)
+            )
+            size = self.staging.size(job_id, request.path)
+            yield scheduler_pb2.FetchResultResponse(
+                header=scheduler_pb2.ResultHeader(file_name=file_name, media_type=link.type, size_bytes=size)
+            )
+            async for data in self.staging.read(job_id, request.path, request.offset):
+                yield scheduler_pb2.FetchResultResponse(data=data)
+
+
+def _caller(caller: scheduler_pb2.Caller) -> Caller:
+    if not caller.user:
+        raise RequestValidationError("caller.user is required")
+    return Caller(caller.user, caller.admin)
+
+
+def _job_id(job_id: str) -> str:
+    try:
+        return str(uuid.UUID(job_id))
+    except ValueError:
+        raise RequestValidationError(f"jobID {job_id} is in invalid format.") from None
+
+
+def _paging(page: int, limit: int, default_limit: int) -> tuple[int, int]:
+    if page < 0 or limit < 0:
+        raise RequestValidationError("page and limit must be positive")
+    if limit > 10000:
+        raise RequestValidationError('query parameter "limit" should be <= 10000')
+    return page or 1, limit or default_limit
+
+
+def _granule_links(granule: types_pb2.Granule) -> list[NewLink]:
+    temporal = TimeRange.from_proto(granule.temporal) if granule.HasField("temporal") else TimeRange()
+    bbox = BBox.from_proto(granule.bbox) if granule.HasField("bbox") else None
+    return [
+        NewLink(
+            href=link.href,
+            title=granule.id,
+            type=link.media_type,
+            bbox=(bbox.west, bbox.south, bbox.east, bbox.north) if bbox else None,
+            time_start=temporal.start,
+            time_end=temporal.end,
         )
+        for link in granule.links
+    ]
 
 
 async def serve(settings: SchedulerSettings) -> RunningServer:
+    store = await JobStore.open(settings.resolved_database_url)
+    staging = LocalStaging(settings.resolved_staging_dir)
     channel = grpc.aio.insecure_channel(settings.catalog_address)
     pool = TransformerPool(settings.transformer_concurrency)
-    service = SchedulerService(catalog_pb2_grpc.CatalogStub(channel), pool)
+    dispatcher = Dispatcher(store, staging, pool, settings)
+    service = SchedulerService(
+        Planner(catalog_pb2_grpc.CatalogStub(channel)), pool, store, staging, dispatcher, settings
+    )
     running = await start_server(
         "scheduler",
         lambda server: scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server),
@@ -133,5 +252,6 @@ async def serve(settings: SchedulerSettings) -> RunningServer:
         port=settings.port,
         metrics_port=settings.metrics_port,
     )
-    running.on_stop.extend([pool.close, channel.close])
+    dispatcher.start()
+    running.on_stop.extend([dispatcher.close, pool.close, channel.close, store.close])
     return running

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -16,6 +19,8 @@ from tests.loopback import serve_app
 
 GLOBAL_GRANULE = "G1233800343-EEDTEST"
 HARMONY_EXAMPLE = "C1233800302-EEDTEST"
+ATL08 = "C1229246405-NSIDC_TS1"
+POSTGRES_ADMIN_URL = os.environ.get("GEOMESH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @dataclass
@@ -25,9 +30,44 @@ class Mesh:
     scheduler_address: str
     transformer_address: str
     data_dir: Path
+    staging_dir: Path
 
     def coverages(self, collection: str = HARMONY_EXAMPLE) -> str:
         return f"{self.url}/{collection}/ogc-api-coverages/1.0.0"
+
+    def rangeset(self, collection: str = HARMONY_EXAMPLE, variable: str = "all") -> str:
+        return f"{self.coverages(collection)}/collections/{variable}/coverage/rangeset"
+
+
+@asynccontextmanager
+async def running_mesh(
+    data_dir: Path, work_dir: Path, *, edge: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None
+) -> AsyncIterator[Mesh]:
+    """Start transformer, catalog, scheduler and edge on demo data in data_dir; stop them afterwards."""
+    from catalog.service import serve as serve_catalog
+    from edge.app import create_app
+    from scheduler.service import serve as serve_scheduler
+    from transformers.gdal.service import serve as serve_transformer
+
+    transformer = await serve_transformer(TransformerSettings(port=0, scratch_dir=work_dir / "scratch", workers=2))
+    os.environ["GEOMESH_GDAL_ADDRESSES"] = transformer.address  # read by services.yml
+    catalog = await serve_catalog(CatalogSettings(port=0, data_dir=data_dir))
+    scheduler_settings = SchedulerSettings(
+        port=0, catalog_address=catalog.address, data_dir=work_dir, retry_delay_seconds=0.05, **(scheduler or {})
+    )
+    running_scheduler = await serve_scheduler(scheduler_settings)
+    app = create_app(
+        EdgeSettings(port=0, scheduler_address=running_scheduler.address, catalog_address=catalog.address, **(edge or {}))
+    )
+    try:
+        async with serve_app(app) as url:
+            yield Mesh(
+                url, catalog.address, running_scheduler.address, transformer.address, data_dir,
+                scheduler_settings.resolved_staging_dir,
+            )
+    finally:
+        for server in (running_scheduler, catalog, transformer):
+            await server.stop(grace=1)
 
 
 @pytest.fixture(scope="session")
@@ -39,21 +79,38 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def mesh(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
-    from catalog.service import serve as serve_catalog
-    from edge.app import create_app
-    from scheduler.service import serve as serve_scheduler
-    from transformers.gdal.service import serve as serve_transformer
+    async with running_mesh(demo_dir, tmp_path_factory.mktemp("mesh")) as running:
+        yield running
 
-    transformer = await serve_transformer(
-        TransformerSettings(port=0, scratch_dir=tmp_path_factory.mktemp("scratch"), workers=2)
-    )
-    os.environ["GEOMESH_GDAL_ADDRESSES"] = transformer.address  # read by services.yml
-    catalog = await serve_catalog(CatalogSettings(port=0, data_dir=demo_dir))
-    scheduler = await serve_scheduler(SchedulerSettings(port=0, catalog_address=catalog.address))
-    edge = create_app(EdgeSettings(port=0, scheduler_address=scheduler.address, catalog_address=catalog.address))
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty job database: a SQLite file, or a new database on the local PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+        return
+    yield from _postgres_database()
+
+
+def _postgres_database() -> AsyncIterator[str]:
+    import asyncio
+
+    import asyncpg
+
+    name = f"geomesh_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(statement: str) -> None:
+        connection = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=3)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
     try:
-        async with serve_app(edge) as url:
-            yield Mesh(url, catalog.address, scheduler.address, transformer.address, demo_dir)
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as error:
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_ADMIN_URL} ({error}); .ci/run starts one")
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
     finally:
-        for server in (scheduler, catalog, transformer):
-            await server.stop(grace=1)
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,0 +1,160 @@
+"""The dispatcher: leases work items from the job store, runs them on transformers, stages outputs.
+
+Each scheduler runs one. Items are leased for `lease_seconds` and the lease is renewed while the
+item runs, so if this scheduler dies its items are run again by whichever scheduler leases next.
+An output is recorded only by the lease holder, once, in the same transaction that ends its item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from contextlib import suppress
+from datetime import timedelta
+
+from geomesh.errors import GeomeshError, TransformError
+from geomesh.model import BBox, TimeRange
+from geomesh.settings import SchedulerSettings
+from geomesh.v1 import catalog_pb2, request_pb2, types_pb2
+from scheduler.jobs.store import JobStore, Lease, NewLink, utcnow
+from scheduler.planner import work_item
+from scheduler.staging import LocalStaging
+from scheduler.transformer_pool import TransformerPool
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, store: JobStore, staging: LocalStaging, pool: TransformerPool, settings: SchedulerSettings) -> None:
+        self.store = store
+        self.staging = staging
+        self.pool = pool
+        self.settings = settings
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._lease_for = timedelta(seconds=settings.lease_seconds)
+        self._running: dict[int, tuple[str, asyncio.Task[None]]] = {}  # item id -> (job id, task)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._lease_loop()), asyncio.create_task(self._renew_loop())]
+
+    def wake(self) -> None:
+        """New or resumed work: look for it now rather than at the next poll."""
+        self._wake.set()
+
+    def stop_job(self, job_id: str) -> None:
+        """A canceled job's items in flight stop at once (the store has already canceled them)."""
+        for item_job, task in list(self._running.values()):
+            if item_job == job_id:
+                task.cancel()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        running = dict(self._running)
+        for _, task in running.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks, *(task for _, task in running.values()), return_exceptions=True)
+        # Hand unfinished items back so a restart (or another scheduler) takes them without waiting.
+        with suppress(Exception):
+            await self.store.release(self.owner, list(running))
+
+    async def _lease_loop(self) -> None:
+        poll = min(1.0, self.settings.lease_seconds / 3)
+        while True:
+            self._wake.clear()
+            free = self.settings.dispatch_slots - len(self._running)
+            leases: list[Lease] = []
+            if free > 0:
+                try:
+                    leases = await self.store.lease(self.owner, free, self._lease_for)
+                except Exception:  # the database may be restarting: try again at the next poll
+                    log.exception("leasing work items failed")
+            for lease in leases:
+                task = asyncio.create_task(self._run(lease))
+                self._running[lease.item_id] = (lease.job_id, task)
+                task.add_done_callback(lambda _, item_id=lease.item_id: self._finished(item_id))
+            if len(leases) < free or free <= 0:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), poll)
+
+    def _finished(self, item_id: int) -> None:
+        self._running.pop(item_id, None)
+        self._wake.set()
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            try:
+                await self.store.renew(self.owner, list(self._running), self._lease_for)
+            except Exception:
+                log.exception("renewing leases failed")
+
+    async def _run(self, lease: Lease) -> None:
+        granule = types_pb2.Granule.FromString(lease.granule)
+        try:
+            if lease.attempts > self.settings.max_attempts:
+                # Leased again after its schedulers kept stopping mid-item: do not try forever.
+                raise TransformError(f"abandoned after {self.settings.max_attempts} attempts")
+            link = await self._transform(lease, granule)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            await self._failed(lease, granule, error)
+            return
+        await self.store.complete(self.owner, lease.item_id, link)
+
+    async def _transform(self, lease: Lease, granule: types_pb2.Granule) -> NewLink:
+        request = request_pb2.DataRequest.FromString(lease.data_request)
+        match = catalog_pb2.ServiceMatch.FromString(lease.service_match)
+        item = work_item(request, granule, match, job_id=lease.job_id)
+        chunks = self.pool.transform(list(match.service.addresses), item)
+        try:
+            first = await anext(chunks)
+            if first.WhichOneof("item") != "header":
+                raise TransformError("the transformer sent data before the output's header")
+            header = first.header
+            async with self.staging.writer(lease.job_id, lease.item_id, header.file_name) as out:
+                async for chunk in chunks:
+                    await out.write(chunk.data)
+        finally:
+            await chunks.aclose()
+        temporal = TimeRange.from_proto(header.temporal) if header.HasField("temporal") else None
+        bbox = BBox.from_proto(header.bbox) if header.HasField("bbox") else None
+        return NewLink(
+            href=self.staging.href(lease.job_id, lease.item_id, header.file_name),
+            title=header.file_name,
+            type=header.media_type,
+            bbox=(bbox.west, bbox.south, bbox.east, bbox.north) if bbox else None,
+            time_start=temporal.start if temporal else None,
+            time_end=temporal.end if temporal else None,
+        )
+
+    async def _failed(self, lease: Lease, granule: types_pb2.Granule, error: Exception) -> None:
+        geomesh_error = error if isinstance(error, GeomeshError) else TransformError(str(error) or type(error).__name__)
+        # A request the transformer rejects will be rejected again; anything else may pass on retry.
+        retryable = geomesh_error.http_status >= 500
+        retry_at = None
+        if retryable and lease.attempts < self.settings.max_attempts:
+            retry_at = utcnow() + timedelta(seconds=self.settings.retry_delay_seconds * 2 ** (lease.attempts - 1))
+        log.warning(
+            "job %s granule %s attempt %d failed%s: %s",
+            lease.job_id, granule.id, lease.attempts, ", will retry" if retry_at else "", geomesh_error.message,
+        )
+        await self.store.fail(
+            self.owner,
+            lease.item_id,
+            url=_public_url(granule),
+            message=f"{granule.id} ({granule.name}): {geomesh_error.message}",
+            retry_at=retry_at,
+        )
+
+
+def _public_url(granule: types_pb2.Granule) -> str:
+    """The granule as the error names it: its data link, unless that is a path on this machine."""
+    href = granule.links[0].href if granule.links else ""
+    return href if href.startswith(("http://", "https://", "s3://", "/data/")) else granule.id

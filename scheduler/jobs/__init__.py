@@ -1,0 +1,1 @@
+"""Asynchronous jobs: their states, their tables and the store that keeps them."""

@@ -1,0 +1,453 @@
+"""The job store: jobs, their work items, output links and errors, in SQLite or PostgreSQL.
+
+Every change that moves a job (an item done or failed, cancel, pause, resume) locks the job row
+first, so concurrent dispatchers, even in several schedulers, agree on progress and final state.
+Work items are leased with an expiry: a scheduler that dies leaves leases that simply run out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import and_, delete, event, func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from geomesh.errors import NotFoundError, RequestValidationError
+from scheduler.jobs.models import ErrorRow, JobRow, LabelRow, LinkRow, WorkItemRow
+from scheduler.jobs.states import ACTIVE, DEFAULT_MESSAGES, TERMINAL, JobStatus, check_move
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+DATA_RETENTION = timedelta(days=30)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class Caller:
+    user: str
+    admin: bool = False
+
+
+@dataclass
+class NewLink:
+    href: str
+    title: str
+    type: str
+    bbox: tuple[float, float, float, float] | None = None
+    time_start: datetime | None = None
+    time_end: datetime | None = None
+
+
+@dataclass
+class NewJob:
+    username: str
+    request_url: str
+    data_request: bytes
+    service_match: bytes | None
+    num_input_granules: int
+    ignore_errors: bool = True
+    labels: Sequence[str] = ()
+    custom_message: str | None = None
+    # (granule id, serialized geomesh.v1.Granule) for each item to transform...
+    work: Sequence[tuple[str, bytes]] = ()
+    # ...or, for a direct-download job, the links that answer it at once.
+    links: Sequence[NewLink] = ()
+
+
+@dataclass
+class JobView:
+    job: JobRow
+    labels: list[str] = field(default_factory=list)
+    errors: list[ErrorRow] = field(default_factory=list)
+    links: list[LinkRow] = field(default_factory=list)
+    link_count: int = 0
+
+
+@dataclass(frozen=True)
+class Lease:
+    item_id: int
+    job_id: str
+    granule: bytes
+    attempts: int
+    data_request: bytes
+    service_match: bytes
+
+
+def normalize_labels(labels: Sequence[str]) -> list[str]:
+    """As Harmony stores them: trimmed, lower case, no empties, no repeats."""
+    cleaned = [label.strip().lower() for label in labels]
+    for label in cleaned:
+        if len(label) > 255:
+            raise RequestValidationError(f"Labels must be at most 255 characters long: {label[:40]}...")
+    return list(dict.fromkeys(label for label in cleaned if label))
+
+
+class JobStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str) -> JobStore:
+        """Connect and bring the schema to the newest migration."""
+        engine = create_async_engine(url, pool_pre_ping=True)
+        if engine.dialect.name == "sqlite":
+            _serialize_sqlite_writers(engine)
+        async with engine.begin() as connection:
+            await _migrate(connection)
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- creating and reading jobs ------------------------------------------------------------
+
+    async def create_job(self, new: NewJob) -> JobView:
+        now = utcnow()
+        direct = not new.work
+        status = JobStatus.SUCCESSFUL if direct else JobStatus.RUNNING
+        job = JobRow(
+            job_id=str(uuid.uuid4()),
+            username=new.username,
+            status=status.value,
+            message=new.custom_message or DEFAULT_MESSAGES[status],
+            custom_message=new.custom_message,
+            progress=100 if direct else 0,
+            created_at=now,
+            updated_at=now,
+            data_expiration=now + DATA_RETENTION,
+            request_url=new.request_url,
+            num_input_granules=new.num_input_granules,
+            ignore_errors=new.ignore_errors,
+            data_request=new.data_request,
+            service_match=new.service_match,
+        )
+        labels = normalize_labels(new.labels)
+        async with self._sessions.begin() as session:
+            session.add(job)
+            await session.flush()
+            session.add_all(LabelRow(job_id=job.job_id, label=label) for label in labels)
+            session.add_all(
+                WorkItemRow(
+                    job_id=job.job_id, granule=granule, granule_id=granule_id, status="ready", attempts=0,
+                    next_attempt_at=now,
+                )
+                for granule_id, granule in new.work
+            )
+            session.add_all(_link_row(job.job_id, link) for link in new.links)
+        return JobView(job, labels, [], [], len(new.links))
+
+    async def get_job(self, caller: Caller, job_id: str, *, page: int = 1, limit: int = 2000) -> JobView:
+        async with self._sessions() as session:
+            job = await self._visible_job(session, caller, job_id)
+            links = (
+                await session.scalars(
+                    select(LinkRow).where(LinkRow.job_id == job_id).order_by(LinkRow.id).offset((page - 1) * limit).limit(limit)
+                )
+            ).all()
+            count = await session.scalar(select(func.count()).select_from(LinkRow).where(LinkRow.job_id == job_id))
+            errors = (await session.scalars(select(ErrorRow).where(ErrorRow.job_id == job_id).order_by(ErrorRow.id))).all()
+            labels = (await _labels(session, [job_id])).get(job_id, [])
+            return JobView(job, labels, list(errors), list(links), count or 0)
+
+    async def list_jobs(
+        self, caller: Caller, *, page: int, limit: int, labels: Sequence[str] = ()
+    ) -> tuple[list[JobView], int]:
+        query = select(JobRow)
+        if not caller.admin:
+            query = query.where(JobRow.username == caller.user)
+        wanted = normalize_labels(labels)
+        if wanted:
+            query = query.where(JobRow.job_id.in_(select(LabelRow.job_id).where(LabelRow.label.in_(wanted))))
+        async with self._sessions() as session:
+            total = await session.scalar(select(func.count()).select_from(query.subquery())) or 0
+            jobs = (
+                await session.scalars(
+                    query.order_by(JobRow.created_at.desc(), JobRow.job_id).offset((page - 1) * limit).limit(limit)
+                )
+            ).all()
+            labels_by_job = await _labels(session, [job.job_id for job in jobs])
+            return [JobView(job, labels_by_job.get(job.job_id, [])) for job in jobs], total
+
+    async def find_jobs(self, caller: Caller, job_ids: Sequence[str]) -> list[JobRow]:
+        query = select(JobRow).where(JobRow.job_id.in_(list(job_ids)))
+        if not caller.admin:
+            query = query.where(JobRow.username == caller.user)
+        async with self._sessions() as session:
+            return list((await session.scalars(query)).all())
+
+    async def find_link(self, caller: Caller, job_id: str, href: str) -> LinkRow:
+        async with self._sessions() as session:
+            await self._visible_job(session, caller, job_id)
+            link = await session.scalar(select(LinkRow).where(LinkRow.job_id == job_id, LinkRow.href == href))
+            if link is None:
+                raise NotFoundError(f"Job {job_id} has no output {href}")
+            return link
+
+    # -- user actions -------------------------------------------------------------------------
+
+    async def move(self, caller: Caller, job_id: str, new: JobStatus) -> JobRow:
+        """Cancel, pause or resume (running or running_with_errors, as the job's errors say)."""
+        async with self._sessions.begin() as session:
+            job = await self._visible_job(session, caller, job_id, lock=True)
+            current = JobStatus(job.status)
+            if new is JobStatus.RUNNING and current in (JobStatus.PAUSED, JobStatus.PREVIEWING):
+                has_errors = await session.scalar(select(func.count()).select_from(ErrorRow).where(ErrorRow.job_id == job_id))
+                new = JobStatus.RUNNING_WITH_ERRORS if has_errors else JobStatus.RUNNING
+            check_move(current, new)
+            _set_status(job, new)
+            if new is JobStatus.CANCELED:
+                await session.execute(
+                    update(WorkItemRow)
+                    .where(WorkItemRow.job_id == job_id, WorkItemRow.status.in_(("ready", "running")))
+                    .values(status="canceled", lease_owner=None)
+                )
+            elif new in ACTIVE:
+                await _settle(session, job)  # everything may have finished while it was paused
+            return job
+
+    async def update_labels(self, caller: Caller, job_ids: Sequence[str], labels: Sequence[str], *, remove: bool) -> list[str]:
+        cleaned = normalize_labels(labels)
+        if not cleaned:
+            raise RequestValidationError("Give at least one non-empty label")
+        async with self._sessions.begin() as session:
+            for job_id in job_ids:
+                await self._visible_job(session, caller, job_id)
+            if remove:
+                await session.execute(
+                    delete(LabelRow).where(LabelRow.job_id.in_(list(job_ids)), LabelRow.label.in_(cleaned))
+                )
+            else:
+                existing = set(
+                    (await session.execute(select(LabelRow.job_id, LabelRow.label).where(LabelRow.job_id.in_(list(job_ids)))))
+                )
+                session.add_all(
+                    LabelRow(job_id=job_id, label=label)
+                    for job_id in dict.fromkeys(job_ids)
+                    for label in cleaned
+                    if (job_id, label) not in existing
+                )
+        return cleaned
+
+    # -- the dispatcher's side ----------------------------------------------------------------
+
+    async def lease(self, owner: str, limit: int, lease_for: timedelta) -> list[Lease]:
+        """Take up to `limit` items that are ready, or whose previous lease ran out."""
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            candidates = (
+                select(WorkItemRow.id)
+                .join(JobRow, JobRow.job_id == WorkItemRow.job_id)
+                .where(JobRow.status.in_([s.value for s in ACTIVE]))
+                .where(
+                    or_(
+                        and_(WorkItemRow.status == "ready", WorkItemRow.next_attempt_at <= now),
+                        and_(WorkItemRow.status == "running", WorkItemRow.lease_expires_at < now),
+                    )
+                )
+                .order_by(WorkItemRow.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True, of=WorkItemRow)
+            )
+            ids = list((await session.scalars(candidates)).all())
+            if not ids:
+                return []
+            await session.execute(
+                update(WorkItemRow)
+                .where(WorkItemRow.id.in_(ids))
+                .values(status="running", lease_owner=owner, lease_expires_at=now + lease_for, attempts=WorkItemRow.attempts + 1)
+            )
+            rows = await session.execute(
+                select(WorkItemRow.id, WorkItemRow.job_id, WorkItemRow.granule, WorkItemRow.attempts, JobRow.data_request, JobRow.service_match)
+                .join(JobRow, JobRow.job_id == WorkItemRow.job_id)
+                .where(WorkItemRow.id.in_(ids))
+                .order_by(WorkItemRow.id)
+            )
+            return [Lease(*row) for row in rows]
+
+    async def renew(self, owner: str, item_ids: Sequence[int], lease_for: timedelta) -> None:
+        if not item_ids:
+            return
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(WorkItemRow)
+                .where(WorkItemRow.id.in_(list(item_ids)), WorkItemRow.lease_owner == owner, WorkItemRow.status == "running")
+                .values(lease_expires_at=utcnow() + lease_for)
+            )
+
+    async def job_status(self, job_id: str) -> JobStatus:
+        async with self._sessions() as session:
+            status = await session.scalar(select(JobRow.status).where(JobRow.job_id == job_id))
+            return JobStatus(status) if status else JobStatus.CANCELED
+
+    async def complete(self, owner: str, item_id: int, link: NewLink) -> bool:
+        """Record an item's output; False if the lease was lost (another scheduler owns the item now)."""
+        async with self._sessions.begin() as session:
+            item, job = await self._leased(session, owner, item_id)
+            if item is None or job is None:
+                return False
+            item.status, item.lease_owner = "successful", None
+            try:
+                async with session.begin_nested():
+                    session.add(_link_row(job.job_id, link))
+            except IntegrityError:
+                pass  # the same output was recorded before a crash lost the item's own update
+            await _settle(session, job)
+            return True
+
+    async def fail(self, owner: str, item_id: int, *, url: str, message: str, retry_at: datetime | None) -> bool:
+        """Retry the item later, or record the error (and fail the job unless it ignores errors)."""
+        async with self._sessions.begin() as session:
+            item, job = await self._leased(session, owner, item_id)
+            if item is None or job is None:
+                return False
+            item.lease_owner = None
+            if retry_at is not None:
+                item.status, item.next_attempt_at = "ready", retry_at
+                return True
+            item.status = "failed"
+            session.add(ErrorRow(job_id=job.job_id, url=url, message=message))
+            if not job.ignore_errors and JobStatus(job.status) not in TERMINAL:
+                _set_status(job, JobStatus.FAILED, message)
+                await session.execute(
+                    update(WorkItemRow)
+                    .where(WorkItemRow.job_id == job.job_id, WorkItemRow.status.in_(("ready", "running")))
+                    .values(status="canceled", lease_owner=None)
+                )
+                return True
+            if job.status == JobStatus.RUNNING:
+                _set_status(job, JobStatus.RUNNING_WITH_ERRORS)
+            await _settle(session, job)
+            return True
+
+    async def release(self, owner: str, item_ids: Sequence[int]) -> None:
+        """Hand unfinished items back (pause, shutdown) without counting the attempt."""
+        if not item_ids:
+            return
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(WorkItemRow)
+                .where(WorkItemRow.id.in_(list(item_ids)), WorkItemRow.lease_owner == owner, WorkItemRow.status == "running")
+                .values(status="ready", lease_owner=None, attempts=WorkItemRow.attempts - 1)
+            )
+
+    async def item_counts(self, job_id: str) -> dict[str, int]:
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(WorkItemRow.status, func.count()).where(WorkItemRow.job_id == job_id).group_by(WorkItemRow.status)
+            )
+            return dict(rows.all())
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    async def _visible_job(self, session: AsyncSession, caller: Caller, job_id: str, *, lock: bool = False) -> JobRow:
+        # Someone else's job is reported exactly like a missing one.
+        query = select(JobRow).where(JobRow.job_id == job_id)
+        if not caller.admin:
+            query = query.where(JobRow.username == caller.user)
+        job = await session.scalar(query.with_for_update() if lock else query)
+        if job is None:
+            raise NotFoundError(f"Unable to find job {job_id}")
+        return job
+
+    async def _leased(self, session: AsyncSession, owner: str, item_id: int) -> tuple[WorkItemRow | None, JobRow | None]:
+        item = await session.get(WorkItemRow, item_id)
+        if item is None:
+            return None, None
+        job = await session.scalar(select(JobRow).where(JobRow.job_id == item.job_id).with_for_update())
+        await session.refresh(item, with_for_update=True)
+        if item.status != "running" or item.lease_owner != owner:
+            return None, None
+        return item, job
+
+
+def _link_row(job_id: str, link: NewLink) -> LinkRow:
+    return LinkRow(
+        job_id=job_id, href=link.href, title=link.title, type=link.type,
+        bbox=list(link.bbox) if link.bbox else None, time_start=link.time_start, time_end=link.time_end,
+    )
+
+
+def _set_status(job: JobRow, status: JobStatus, message: str | None = None) -> None:
+    job.status = status.value
+    keeps_custom = status in (JobStatus.RUNNING, JobStatus.SUCCESSFUL) and job.custom_message
+    job.message = message or (job.custom_message if keeps_custom else DEFAULT_MESSAGES[status])
+    if status in (JobStatus.SUCCESSFUL, JobStatus.COMPLETE_WITH_ERRORS):
+        job.progress = 100
+    job.updated_at = utcnow()
+
+
+async def _settle(session: AsyncSession, job: JobRow) -> None:
+    """Bring progress up to date and end the job once no item is left to run."""
+    counts = dict(
+        (
+            await session.execute(
+                select(WorkItemRow.status, func.count()).where(WorkItemRow.job_id == job.job_id).group_by(WorkItemRow.status)
+            )
+        ).all()
+    )
+    total = sum(counts.values())
+    done = counts.get("successful", 0) + counts.get("failed", 0)
+    job.updated_at = utcnow()
+    if total:
+        job.progress = max(job.progress, min(99, 100 * done // total))
+    if JobStatus(job.status) not in ACTIVE or counts.get("ready", 0) or counts.get("running", 0):
+        return
+    failed = counts.get("failed", 0)
+    if failed and failed == total:
+        first = await session.scalar(select(ErrorRow.message).where(ErrorRow.job_id == job.job_id).order_by(ErrorRow.id))
+        _set_status(job, JobStatus.FAILED, f"Every granule failed. The first error: {first}")
+    elif failed:
+        _set_status(job, JobStatus.COMPLETE_WITH_ERRORS)
+    else:
+        _set_status(job, JobStatus.SUCCESSFUL)
+
+
+async def _labels(session: AsyncSession, job_ids: Sequence[str]) -> dict[str, list[str]]:
+    rows = await session.execute(
+        select(LabelRow.job_id, LabelRow.label).where(LabelRow.job_id.in_(list(job_ids))).order_by(LabelRow.label)
+    )
+    labels: dict[str, list[str]] = {}
+    for job_id, label in rows:
+        labels.setdefault(job_id, []).append(label)
+    return labels
+
+
+async def _migrate(connection: AsyncConnection) -> None:
+    def upgrade(sync_connection: object) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = sync_connection
+        command.upgrade(config, "head")
+
+    if connection.dialect.name == "postgresql":
+        # Schedulers starting together take turns migrating.
+        await connection.execute(text("SELECT pg_advisory_xact_lock(4246)"))
+    await connection.run_sync(upgrade)
+
+
+def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
+    """SQLite: WAL for concurrent readers, and BEGIN IMMEDIATE so read-then-write transactions
+    from several connections queue for the lock instead of failing with "database is locked"."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None  # transactions are begun below, not by the driver
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(connection) -> None:  # type: ignore[no-untyped-def]
+        connection.exec_driver_sql("BEGIN IMMEDIATE")

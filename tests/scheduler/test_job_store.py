@@ -1,0 +1,158 @@
+"""The job store on SQLite and PostgreSQL: leases, exactly-once outputs, progress, states, owners."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import text
+
+from geomesh.errors import ConflictError, NotFoundError
+from scheduler.jobs.states import JobStatus
+from scheduler.jobs.store import Caller, JobStore, NewJob, NewLink
+
+ALICE, BOB, ADMIN = Caller("alice"), Caller("bob"), Caller("root", admin=True)
+LEASE = timedelta(seconds=30)
+
+
+@pytest_asyncio.fixture
+async def store(database_url: str) -> AsyncIterator[JobStore]:
+    opened = await JobStore.open(database_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def new_job(store: JobStore, granules: int = 3, **options: object) -> str:
+    work = [(f"G{i}", f"granule {i}".encode()) for i in range(granules)]
+    fields = dict(username="alice", request_url="http://x/rangeset", data_request=b"request", service_match=b"match",
+                  num_input_granules=granules, work=work)
+    fields.update(options)
+    view = await store.create_job(NewJob(**fields))  # type: ignore[arg-type]
+    return view.job.job_id
+
+
+def link(job_id: str, item_id: int) -> NewLink:
+    return NewLink(href=f"/service-results/{job_id}/{item_id}/out.tif", title="out.tif", type="image/tiff", bbox=(0, 0, 1, 1))
+
+
+async def test_migrations_create_the_schema_once(store: JobStore, database_url: str) -> None:
+    again = await JobStore.open(database_url)  # a second scheduler starting on the same database
+    async with again.engine.connect() as connection:
+        revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
+    await again.close()
+    assert revision == "0001"
+
+
+async def test_items_run_once_each_and_the_job_succeeds(store: JobStore) -> None:
+    job_id = await new_job(store)
+    leases = await store.lease("a", 10, LEASE)
+    assert sorted(lease.granule for lease in leases) == [b"granule 0", b"granule 1", b"granule 2"]
+    assert await store.lease("b", 10, LEASE) == []  # all are leased
+    progress = []
+    for lease in leases:
+        assert await store.complete("a", lease.item_id, link(job_id, lease.item_id))
+        progress.append((await store.get_job(ALICE, job_id)).job.progress)
+    assert progress == [33, 66, 100]
+    view = await store.get_job(ALICE, job_id)
+    assert (view.job.status, view.job.message, view.link_count) == (
+        "successful", "The job has completed successfully", 3,
+    )
+
+
+async def test_an_expired_lease_moves_the_item_to_another_scheduler(store: JobStore) -> None:
+    job_id = await new_job(store, granules=1)
+    [first] = await store.lease("crashed", 1, timedelta(milliseconds=50))
+    await asyncio.sleep(0.1)
+    [second] = await store.lease("survivor", 1, LEASE)
+    assert (second.item_id, second.attempts) == (first.item_id, 2)
+    assert await store.complete("survivor", second.item_id, link(job_id, second.item_id))
+    # The first scheduler was only slow: its late result is refused, the output recorded once.
+    assert not await store.complete("crashed", first.item_id, link(job_id, first.item_id))
+    view = await store.get_job(ALICE, job_id)
+    assert (view.job.status, view.link_count) == ("successful", 1)
+
+
+async def test_concurrent_leases_never_share_an_item(store: JobStore) -> None:
+    await new_job(store, granules=40)
+    batches = await asyncio.gather(*(store.lease(f"s{i}", 7, LEASE) for i in range(6)))
+    leased = [lease.item_id for batch in batches for lease in batch]
+    assert len(leased) == len(set(leased)) == 40
+
+
+async def test_failures_retry_then_complete_with_errors(store: JobStore) -> None:
+    job_id = await new_job(store, granules=2)
+    first, second = await store.lease("a", 2, LEASE)
+    assert await store.fail("a", first.item_id, url="G0", message="G0: boom", retry_at=store_now())
+    [retried] = await store.lease("a", 2, LEASE)
+    assert (retried.item_id, retried.attempts) == (first.item_id, 2)
+    await store.fail("a", retried.item_id, url="G0", message="G0: boom again", retry_at=None)
+    assert (await store.get_job(ALICE, job_id)).job.status == "running_with_errors"
+    await store.complete("a", second.item_id, link(job_id, second.item_id))
+    view = await store.get_job(ALICE, job_id)
+    assert (view.job.status, view.job.progress) == ("complete_with_errors", 100)
+    assert [(e.url, e.message) for e in view.errors] == [("G0", "G0: boom again")]
+
+
+async def test_without_ignore_errors_the_first_failure_fails_the_job(store: JobStore) -> None:
+    job_id = await new_job(store, granules=3, ignore_errors=False)
+    leases = await store.lease("a", 3, LEASE)
+    await store.fail("a", leases[0].item_id, url="G0", message="G0: unreadable", retry_at=None)
+    view = await store.get_job(ALICE, job_id)
+    assert (view.job.status, view.job.message) == ("failed", "G0: unreadable")
+    assert not await store.complete("a", leases[1].item_id, link(job_id, leases[1].item_id))
+    assert await store.lease("a", 3, LEASE) == []
+
+
+async def test_state_machine_moves_and_conflicts(store: JobStore) -> None:
+    job_id = await new_job(store, granules=2)
+    await store.move(ALICE, job_id, JobStatus.PAUSED)
+    assert await store.lease("a", 5, LEASE) == []  # paused jobs hand out no work
+    with pytest.raises(ConflictError, match="Job status cannot be updated from paused to paused."):
+        await store.move(ALICE, job_id, JobStatus.PAUSED)
+    await store.move(ALICE, job_id, JobStatus.RUNNING)
+    assert len(await store.lease("a", 5, LEASE)) == 2
+    await store.move(ALICE, job_id, JobStatus.CANCELED)
+    view = await store.get_job(ALICE, job_id)
+    assert (view.job.status, view.job.message) == ("canceled", "Canceled by user.")
+    assert await store.item_counts(job_id) == {"canceled": 2}
+    with pytest.raises(ConflictError, match="from canceled to running"):
+        await store.move(ALICE, job_id, JobStatus.RUNNING)
+
+
+async def test_users_see_only_their_jobs_and_admins_see_all(store: JobStore) -> None:
+    job_id = await new_job(store, labels=["Survey", " survey ", "b"])
+    with pytest.raises(NotFoundError, match=f"Unable to find job {job_id}"):
+        await store.get_job(BOB, job_id)
+    with pytest.raises(NotFoundError):
+        await store.move(BOB, job_id, JobStatus.CANCELED)
+    with pytest.raises(NotFoundError):
+        await store.update_labels(BOB, [job_id], ["x"], remove=False)
+    assert (await store.get_job(ADMIN, job_id)).labels == ["b", "survey"]
+    assert (await store.list_jobs(BOB, page=1, limit=10))[1] == 0
+    assert (await store.list_jobs(ADMIN, page=1, limit=10))[1] == 1
+    await store.update_labels(ALICE, [job_id], ["Later"], remove=False)
+    await store.update_labels(ALICE, [job_id], ["b"], remove=True)
+    views, total = await store.list_jobs(ALICE, page=1, limit=10, labels=["later"])
+    assert total == 1 and views[0].labels == ["later", "survey"]
+
+
+async def test_direct_download_jobs_are_complete_at_once(store: JobStore) -> None:
+    links = [NewLink(href=f"/data/granules/x/{i}.h5", title=f"G{i}", type="application/x-hdf5") for i in range(3)]
+    view = await store.create_job(
+        NewJob(username="alice", request_url="u", data_request=b"r", service_match=None, num_input_granules=3,
+               custom_message="Returning direct download links", links=links)
+    )
+    page = await store.get_job(ALICE, view.job.job_id, page=2, limit=2)
+    assert (page.job.status, page.job.progress, page.link_count) == ("successful", 100, 3)
+    assert [row.title for row in page.links] == ["G2"]
+
+
+def store_now():  # type: ignore[no-untyped-def]
+    from scheduler.jobs.store import utcnow
+
+    return utcnow()
