@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 
 import grpc
 
 from catalog.backend import CatalogBackend, GranuleQuery
+from catalog.files import DataFolder
 from catalog.models import CollectionRecord, GranuleRecord, VariableRecord
 from catalog.registry import Operations, Registry, ServiceConfig
+from geomesh.errors import NotFoundError, RequestValidationError
 from geomesh.model import BBox, TimeRange, optional_bbox, optional_time
 from geomesh.rpc import RunningServer, start_server
 from geomesh.settings import CatalogSettings
@@ -17,9 +20,11 @@ from geomesh.v1 import catalog_pb2, catalog_pb2_grpc, request_pb2, types_pb2
 
 
 class CatalogService(catalog_pb2_grpc.CatalogServicer):
-    def __init__(self, backend: CatalogBackend, registry: Registry) -> None:
+    def __init__(self, backend: CatalogBackend, registry: Registry, data_dir: Path | None = None) -> None:
         self.backend = backend
         self.registry = registry
+        # The folder of the embedded catalog's own files; None with CMR, whose links point elsewhere.
+        self.files = DataFolder(data_dir) if data_dir is not None else None
 
     async def GetCollection(self, request: catalog_pb2.GetCollectionRequest, context: grpc.aio.ServicerContext) -> types_pb2.Collection:
         return collection_to_proto(await self.backend.get_collection(request.collection))
@@ -70,6 +75,27 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
             services=services,
             combined=combined,
         )
+
+    async def ReadData(
+        self, request: catalog_pb2.ReadDataRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[catalog_pb2.ReadDataResponse]:
+        if self.files is None:
+            raise NotFoundError(
+                f"No file {request.path} here: files under /data/ are served only by the embedded local catalog, "
+                "and this catalog reads CMR"
+            )
+        if request.offset < 0:
+            raise RequestValidationError(f"The offset {request.offset} must not be negative")
+        async with self.files.open(request.path) as opened:
+            # The size comes first even when the offset is past it, so that a caller can say
+            # how large the file is (HTTP's 416 answer does).
+            yield catalog_pb2.ReadDataResponse(size_bytes=opened.size)
+            if request.offset > opened.size:
+                raise RequestValidationError(
+                    f"The offset {request.offset} is beyond the end of {request.path} ({opened.size} bytes)"
+                )
+            async for chunk in opened.chunks(request.offset):
+                yield catalog_pb2.ReadDataResponse(data=chunk)
 
 
 def operations_of(request: request_pb2.DataRequest) -> Operations:
@@ -161,7 +187,8 @@ async def serve(settings: CatalogSettings, backend: CatalogBackend | None = None
     """Start the Catalog service; the registry is validated first so a bad services.yml fails fast."""
     registry = Registry.load(settings.services_file)
     backend = backend or open_backend(settings)
-    service = CatalogService(backend, registry)
+    data_dir = settings.data_dir if settings.backend == "local" else None
+    service = CatalogService(backend, registry, data_dir)
     running = await start_server(
         "catalog",
         lambda server: catalog_pb2_grpc.add_CatalogServicer_to_server(service, server),

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from edge.api import collections, coverages, landing, openapi
+from edge.api import collections, coverages, downloads, landing, openapi
 from edge.clients import SETTINGS, grpc_clients
 from edge.errors import error_middleware
 from geomesh.metrics import HTTP_HANDLED, HTTP_SECONDS
@@ -42,7 +42,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     app.cleanup_ctx.append(grpc_clients)
     app.router.add_get("/metrics", metrics)
     # The rangeset route must come before /collections/{id}, whose pattern would also match it.
-    for module in (coverages, openapi, landing, collections):
+    for module in (coverages, downloads, openapi, landing, collections):
         app.add_routes(module.routes)
     return app
 

@@ -1,4 +1,4 @@
-"""Build the offline demo catalog: the `harmony_example` v1 collection as local GeoTIFFs.
+"""Build the offline demo catalog: the `harmony_example` v1 collection as local GeoTIFFs, and ATL08.
 
 The embedded catalog must answer the seed notebook's requests with the same ids, names,
 times and extents as NASA's CMR, so those facts live in `harmony_example.csv` (taken from
@@ -26,6 +26,7 @@ import rasterio
 from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
 
+from catalog.demo import atl08
 from catalog.models import CatalogFile, CollectionRecord, GranuleRecord, LinkRecord, VariableRecord
 
 COLLECTION_ID = "C1233800302-EEDTEST"
@@ -180,23 +181,28 @@ def _collection(granules: list[GranuleRecord]) -> CollectionRecord:
 
 
 def generate_demo(data_dir: Path, *, granules: Iterable[str] | None = None) -> Path:
-    """Write the demo GeoTIFFs and catalog.json under data_dir; return catalog.json's path.
+    """Write the demo files and catalog.json under data_dir; return catalog.json's path.
 
-    `granules` (ids) restricts the work, for fast tests: catalog.json then lists only those.
+    `granules` (ids of either collection) restricts the work, for fast tests: catalog.json then
+    lists only those granules, and only the collections they belong to.
     """
     data_dir = Path(data_dir).resolve()
     selected = load_granules()
+    selected_atl08 = atl08.load_granules()
     if granules is not None:
         wanted = set(granules)
-        unknown = wanted - {g.id for g in selected}
+        unknown = wanted - {g.id for g in selected} - {g.id for g in selected_atl08}
         if unknown:
             raise ValueError(f"unknown demo granule ids: {sorted(unknown)}")
         selected = [g for g in selected if g.id in wanted]
+        selected_atl08 = [g for g in selected_atl08 if g.id in wanted]
 
     paths = [granule_path(data_dir, g) for g in selected]
     workers = min(len(selected), os.cpu_count() or 1) or 1
-    # numpy and GDAL release the GIL while rendering and compressing, so threads scale.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    # numpy and GDAL release the GIL while rendering and compressing, so threads scale; h5py
+    # does not, so the HDF5 files are written on one extra thread alongside.
+    with ThreadPoolExecutor(max_workers=workers + 1) as pool:
+        atl08_collection = pool.submit(atl08.build_collection, data_dir, selected_atl08)
         list(pool.map(write_granule, selected, paths))
 
     records = [
@@ -206,9 +212,14 @@ def generate_demo(data_dir: Path, *, granules: Iterable[str] | None = None) -> P
         )
         for g, p in zip(selected, paths)
     ]
+    collections = []
+    if granules is None or selected:
+        collections.append(_collection(records))
+    if granules is None or selected_atl08:
+        collections.append(atl08_collection.result())
     catalog_path = data_dir / "catalog.json"
     tmp = catalog_path.with_name("catalog.json.part")
-    tmp.write_text(CatalogFile(collections=[_collection(records)]).model_dump_json(indent=1))
+    tmp.write_text(CatalogFile(collections=collections).model_dump_json(indent=1))
     os.replace(tmp, catalog_path)  # written last: its presence means the granules are complete
     return catalog_path
 

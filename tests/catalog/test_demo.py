@@ -8,11 +8,13 @@ from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+import h5py
 import numpy as np
 import pytest
 import rasterio
 from rasterio.enums import ColorInterp
 
+from catalog.demo import atl08
 from catalog.demo.generate import (
     COLLECTION_ID,
     DemoGranule,
@@ -147,3 +149,97 @@ def test_ensure_demo_keeps_an_existing_catalog(demo_dir: Path) -> None:
 def test_unknown_granule_ids_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="G0-NOPE"):
         generate_demo(tmp_path, granules=["G0-NOPE"])
+
+
+# --- ATL08: the seed's direct-download collection -------------------------------------------
+
+ATL08_FIRST_ID = "G1229652687-NSIDC_TS1"
+ATL08_FIRST_FILE = "ATL08_20181014044639_02380101_002_01.h5"
+ATL08_LAST_ID = "G1233305183-NSIDC_TS1"  # ATL08_20190114204204_02660203_002_01.h5
+SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "harmony-api-introduction.txt"
+
+
+def test_atl08_csv_holds_the_seeds_files_and_ids() -> None:
+    rows = atl08.load_rows()
+    assert len(rows) == 119 and len({r.file_name for r in rows}) == 119
+    served = atl08.load_granules()
+    assert len(served) == 98 and len({g.id for g in served}) == 98
+    assert all(re.fullmatch(r"G12\d{8}-NSIDC_TS1", g.id) for g in served)
+    assert (served[0].id, served[0].file_name) == (ATL08_FIRST_ID, ATL08_FIRST_FILE)
+    assert served[-1].id == ATL08_LAST_ID
+    # The ids the seed's truncated output hides: the 2nd to the 22nd file.
+    assert [i for i, r in enumerate(rows) if not r.id] == list(range(1, 22))
+    for row in rows:
+        assert re.fullmatch(r"ATL08_\d{14}_\d{8}_002_01\.h5", row.file_name)
+        assert row.date_folder == row.time_start.strftime("%Y.%m.%d")
+    assert [r.time_start for r in rows] == sorted(r.time_start for r in rows)
+
+
+@pytest.mark.skipif(not SEED.is_file(), reason=f"seed notebook not found at {SEED}")
+def test_atl08_csv_agrees_with_the_seed_notebook() -> None:
+    text = SEED.read_text()
+    hrefs = re.findall(r"^https://\S+/ATL08\.002/(\S+)/(ATL08_\S+\.h5)$", text, re.M)
+    assert [(r.date_folder, r.file_name) for r in atl08.load_rows()] == hrefs
+    titled = dict(re.findall(r"(ATL08_\d{14}_\d{8}_002_01\.h5)',\s*'rel': 'data',\s*'title': '(G\d+-NSIDC_TS1)'", text))
+    assert {g.file_name: g.id for g in atl08.load_granules()} == titled
+
+
+def test_atl08_times_and_boxes_follow_the_file_names() -> None:
+    first = atl08.load_granules()[0]
+    assert first.time_start == _utc("2018-10-14T04:46:39Z")
+    assert first.time_end == _utc("2018-10-14T04:51:39Z")
+    assert (first.rgt, first.cycle, first.region) == (238, 1, 1)
+    assert first.bbox == (-180.0, 0.0, 180.0, 27.0)
+    by_region = {g.region: g.bbox for g in atl08.load_rows()}
+    assert by_region[6] == (-180.0, 27.0, 180.0, 59.5)
+    assert by_region[11] == (-180.0, -90.0, 180.0, -79.0)  # over the south polar cap
+    assert by_region[14] == (-180.0, -27.0, 180.0, 0.0)
+
+
+@pytest.fixture(scope="module")
+def atl08_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data_dir = tmp_path_factory.mktemp("atl08")
+    generate_demo(data_dir, granules=[ATL08_FIRST_ID, ATL08_LAST_ID])
+    return data_dir
+
+
+def test_catalog_json_lists_atl08_with_data_links(atl08_dir: Path) -> None:
+    catalog = CatalogFile.model_validate_json((atl08_dir / "catalog.json").read_text())
+    (collection,) = catalog.collections  # harmony_example has no granule in the filter
+    assert collection.id == atl08.COLLECTION_ID == "C1229246405-NSIDC_TS1"
+    assert (collection.short_name, collection.version, collection.provider) == ("ATL08", "002", "NSIDC_TS1")
+    assert collection.title == "ATLAS/ICESat-2 L3A Land and Vegetation Height V002"
+    assert [g.id for g in collection.granules] == [ATL08_FIRST_ID, ATL08_LAST_ID]
+    first = collection.granules[0]
+    assert first.name == ATL08_FIRST_FILE
+    (link,) = first.links
+    assert link.href == f"/data/granules/C1229246405-NSIDC_TS1/{ATL08_FIRST_FILE}"
+    assert (link.type, link.title) == ("application/x-hdf5", ATL08_FIRST_ID)
+    assert not (atl08_dir / "granules" / COLLECTION_ID).exists()  # no GeoTIFF was written
+
+
+def test_atl08_files_open_as_atl08(atl08_dir: Path) -> None:
+    path = atl08_dir / "granules" / atl08.COLLECTION_ID / ATL08_FIRST_FILE
+    assert 10_000 < path.stat().st_size < 100_000
+    with h5py.File(path, "r") as h5:
+        assert h5.attrs["short_name"] == "ATL08"
+        assert h5.attrs["granule_id"] == ATL08_FIRST_ID
+        assert h5.attrs["producer_granule_id"] == ATL08_FIRST_FILE
+        assert h5["orbit_info/rgt"][0] == 238
+        for beam in atl08.BEAMS:
+            segments = h5[f"{beam}/land_segments"]
+            lat, lon = segments["latitude"][:], segments["longitude"][:]
+            assert lat.min() >= 0.0 and lat.max() <= 27.0  # region 1
+            assert -180.0 <= lon.min() and lon.max() < 180.0
+            assert segments["latitude"].compression == "gzip"
+            canopy = segments["canopy/h_canopy"]
+            assert canopy.attrs["_FillValue"] == atl08.FILL
+            assert canopy.shape == segments["terrain/h_te_best_fit"].shape == segments["delta_time"].shape
+        start = (atl08.load_granules()[0].time_start - atl08.ATLAS_EPOCH).total_seconds()
+        assert h5["gt1l/land_segments/delta_time"][0] == start
+
+
+def test_atl08_files_are_byte_stable(atl08_dir: Path, tmp_path: Path) -> None:
+    granule = atl08.load_granules()[-1]
+    again = atl08.write_granule(granule, tmp_path / granule.file_name)
+    assert again.read_bytes() == atl08.granule_path(atl08_dir, granule).read_bytes()
