@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from edge.api import collections, coverages, downloads, landing, openapi
+from edge import auth
+from edge.api import collections, coverages, downloads, jobs, landing, openapi, stac
 from edge.clients import SETTINGS, grpc_clients
 from edge.errors import error_middleware
 from geomesh.metrics import HTTP_HANDLED, HTTP_SECONDS
@@ -39,10 +40,11 @@ def create_app(settings: EdgeSettings) -> web.Application:
     # Errors are rendered inside the metrics middleware, so failures are counted with their real status.
     app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=16 * 1024 * 1024)
     app[SETTINGS] = settings
+    auth.install(app)
     app.cleanup_ctx.append(grpc_clients)
     app.router.add_get("/metrics", metrics)
     # The rangeset route must come before /collections/{id}, whose pattern would also match it.
-    for module in (coverages, downloads, openapi, landing, collections):
+    for module in (coverages, downloads, jobs, stac, openapi, landing, collections):
         app.add_routes(module.routes)
     return app
 

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from geomesh.errors import GeomeshError, NotFoundError, RequestValidationError
+from geomesh.errors import GeomeshError, NotFoundError, RequestValidationError, UnauthorizedError
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +15,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def error_response(error: GeomeshError) -> web.Response:
-    return web.json_response(error.to_json(), status=error.http_status)
+    response = web.json_response(error.to_json(), status=error.http_status)
+    if isinstance(error, UnauthorizedError):
+        response.headers["WWW-Authenticate"] = 'Bearer realm="geomesh", Basic realm="geomesh"'
+    return response
 
 
 @web.middleware

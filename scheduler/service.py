@@ -87,6 +87,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
 
     async def _create_job(self, plan: Plan, hits: int, metadata: tuple) -> scheduler_pb2.Job:
         request = plan.request
+        _require_user(request)
         hits, granules = await self.planner.search(request, limit=self._granule_limit(request), metadata=metadata)
         max_results = request.max_results if request.HasField("max_results") else None
         view = await self.store.create_job(
@@ -108,6 +109,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def _direct_download(self, plan: Plan, metadata: tuple) -> scheduler_pb2.Job:
         """No operation to perform: the granules' own data links answer the request at once."""
         request = plan.request
+        _require_user(request)
         hits, granules = await self.planner.search(request, limit=self._granule_limit(request), metadata=metadata)
         if hits == 0 or not granules:
             raise RequestValidationError("No matching granules found.")
@@ -126,6 +128,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 links=[link for granule in granules for link in _granule_links(granule)],
             )
         )
+        # Answered inline, as Harmony does: every link on one page.
+        view = await self.store.get_job(Caller(request.user), view.job.job_id, limit=max(view.link_count, 1))
         return job_message(view)
 
     async def GetJob(self, request: scheduler_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> scheduler_pb2.Job:
@@ -198,6 +202,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 yield scheduler_pb2.FetchResultResponse(data=data)
 
 
+def _require_user(request: request_pb2.DataRequest) -> None:
+    if not request.user:
+        raise RequestValidationError("DataRequest.user is required: every job belongs to a user")
+
+
 def _caller(caller: scheduler_pb2.Caller) -> Caller:
     if not caller.user:
         raise RequestValidationError("caller.user is required")
@@ -236,6 +245,7 @@ def _granule_links(granule: types_pb2.Granule) -> list[NewLink]:
 
 
 async def serve(settings: SchedulerSettings) -> RunningServer:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await JobStore.open(settings.resolved_database_url)
     staging = LocalStaging(settings.resolved_staging_dir)
     channel = grpc.aio.insecure_channel(settings.catalog_address)

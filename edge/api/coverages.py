@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 
 from aiohttp import BodyPartReader, web
 
-from edge.api.common import COVERAGES
-from edge.clients import CLIENTS, SETTINGS
+from edge.api.common import COVERAGES, root_url
+from edge.auth import caller
+from edge.clients import CLIENTS
+from edge.job_json import job_json
 from edge.rangeset import RangesetParameters, build_request
 from geomesh.errors import GeomeshError, PayloadTooLargeError, RequestValidationError, from_rpc_error
 from geomesh.rpc import REQUEST_ID_KEY
-from geomesh.v1 import request_pb2, types_pb2
+from geomesh.v1 import request_pb2, scheduler_pb2, types_pb2
 
 import grpc
 
@@ -66,7 +69,7 @@ async def _read_shape(part: BodyPartReader) -> types_pb2.Shape:
 async def _execute(request: web.Request, params: RangesetParameters, shape: types_pb2.Shape | None) -> web.StreamResponse:
     data_request = build_request(params, request.match_info["collectionId"], request.match_info["variable"])
     data_request.request_id = str(uuid.uuid4())
-    data_request.user = request.app[SETTINGS].default_user
+    data_request.user = caller(request).user
     data_request.request_url = str(request.url)
     data_request.output.accepted_formats.extend(_accepted(request))
     if shape is not None:
@@ -100,6 +103,8 @@ async def _relay(request: web.Request, data_request: request_pb2.DataRequest) ->
     try:
         async for message in call:
             kind = message.WhichOneof("item")
+            if kind == "job":
+                return _job_response(request, message.job)
             if kind == "header":
                 header = message.header
                 response = web.StreamResponse(
@@ -125,6 +130,15 @@ async def _relay(request: web.Request, data_request: request_pb2.DataRequest) ->
         raise GeomeshError("The scheduler ended the request without a result")
     await response.write_eof()
     return response
+
+
+def _job_response(request: web.Request, job: scheduler_pb2.Job) -> web.Response:
+    """Harmony's answers: a GET is sent on to the job's page; a POST (harmony-py) and a
+    direct-download request (already complete) get the job itself."""
+    body = job_json(job, root_url(request))
+    if request.method == "GET" and job.status != "successful":
+        raise web.HTTPSeeOther(f"{root_url(request)}/jobs/{job.job_id}", text=json.dumps(body), content_type="application/json")
+    return web.json_response(body)
 
 
 def _abort(request: web.Request, data_request: request_pb2.DataRequest, error: GeomeshError) -> None:

@@ -141,8 +141,6 @@ async def test_granule_name_with_wildcard(mesh: Mesh) -> None:
          'query parameter "maxResults" should be >= 1'),
         ("{coverages}/collections/all/coverage/rangeset?granuleid=" + GLOBAL_GRANULE + "&bogus=1", 400,
          "harmony.RequestValidationError", "Unknown query parameter 'bogus'"),
-        ("{coverages}/collections/all/coverage/rangeset?maxResults=2", 422, "harmony.UnsupportedOperation",
-         "the request matches 2 granules"),
         ("{coverages}/collections/all/coverage/rangeset?granuleId=" + GLOBAL_GRANULE + "&outputCrs=EPSG:6933", 422,
          "harmony.UnsupportedOperation", "the requested combination of operations: reprojection on C1233800302-EEDTEST is unsupported"),
         ("{coverages}/collections/all/coverage/rangeset?granuleId=" + GLOBAL_GRANULE + "&format=image/jpeg", 422,

@@ -8,7 +8,7 @@ import pytest
 from rasterio.io import MemoryFile
 
 from catalog.service import serve as serve_catalog
-from geomesh.errors import RequestValidationError, UnsupportedOperationError
+from geomesh.errors import RequestValidationError
 from geomesh.rpc import open_channel, rpc_errors
 from geomesh.settings import CatalogSettings, SchedulerSettings
 from geomesh.v1 import request_pb2, scheduler_pb2_grpc, types_pb2
@@ -44,11 +44,20 @@ async def test_execute_streams_a_header_then_the_bytes(mesh: Mesh) -> None:
 async def test_errors_come_back_as_geomesh_errors(mesh: Mesh) -> None:
     with pytest.raises(RequestValidationError, match="Coverages were not found for the provided variables: x"):
         await execute(mesh.scheduler_address, request_pb2.DataRequest(collection=HARMONY_EXAMPLE, variables=["x"]))
-    with pytest.raises(UnsupportedOperationError, match="forceAsync was requested"):
+    with pytest.raises(RequestValidationError, match="No matching granules found."):
+        await execute(mesh.scheduler_address, request_pb2.DataRequest(collection=HARMONY_EXAMPLE, granule_ids=["G0-NONE"]))
+    with pytest.raises(RequestValidationError, match="user is required"):
         await execute(
             mesh.scheduler_address,
             request_pb2.DataRequest(collection=HARMONY_EXAMPLE, granule_ids=[GLOBAL_GRANULE], force_async=True),
         )
+
+
+async def test_force_async_makes_a_job_even_for_one_granule(mesh: Mesh) -> None:
+    async with open_channel(mesh.scheduler_address) as channel:
+        request = request_pb2.DataRequest(collection=HARMONY_EXAMPLE, granule_ids=[GLOBAL_GRANULE], force_async=True, user="carol")
+        [message] = [m async for m in scheduler_pb2_grpc.SchedulerStub(channel).Execute(request)]
+    assert (message.job.username, message.job.status, message.job.num_input_granules) == ("carol", "running", 1)
 
 
 async def test_an_unreachable_replica_is_skipped(mesh: Mesh, tmp_path: Path, unused_tcp_port: int) -> None:
@@ -61,7 +70,7 @@ async def test_an_unreachable_replica_is_skipped(mesh: Mesh, tmp_path: Path, unu
         "    capabilities: {subsetting: {variable: true}, output_formats: [image/tiff]}\n"
     )
     catalog = await serve_catalog(CatalogSettings(port=0, data_dir=mesh.data_dir, services_file=registry))
-    scheduler = await serve_scheduler(SchedulerSettings(port=0, catalog_address=catalog.address))
+    scheduler = await serve_scheduler(SchedulerSettings(port=0, catalog_address=catalog.address, data_dir=tmp_path))
     try:
         for _ in range(2):  # round-robin starts on each replica in turn: both calls must succeed
             header, body, _ = await execute(

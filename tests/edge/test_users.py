@@ -1,0 +1,94 @@
+"""Users own their jobs: others get 404 on every route, admins see everything, no credentials get 401."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest_asyncio
+
+from edge.app import create_app
+from geomesh.settings import EdgeSettings
+from tests.conftest import Mesh
+from tests.edge.test_jobs import call, wait_for
+from tests.loopback import serve_app
+
+ALICE = {"Authorization": "Bearer alice-token"}
+BOB = {"Authorization": "Bearer bob-token"}
+ROOT = {"Authorization": "Bearer root-token"}
+USERS = f"""
+users:
+  - name: alice
+    tokens: [alice-token]
+    password_sha256: {hashlib.sha256(b"wonderland").hexdigest()}
+  - name: bob
+    tokens: [bob-token]
+  - name: root
+    tokens: [root-token]
+    admin: true
+"""
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def secured(mesh: Mesh, tmp_path: Path) -> AsyncIterator[Mesh]:
+    """A second edge on the same mesh, with users configured."""
+    users_file = tmp_path / "users.yml"
+    users_file.write_text(USERS)
+    app = create_app(
+        EdgeSettings(port=0, scheduler_address=mesh.scheduler_address, catalog_address=mesh.catalog_address, users_file=users_file)
+    )
+    async with serve_app(app) as url:
+        yield Mesh(url, mesh.catalog_address, mesh.scheduler_address, mesh.transformer_address, mesh.data_dir, mesh.staging_dir)
+
+
+async def alice_job(secured: Mesh) -> dict:
+    response = await call("GET", f"{secured.rangeset()}?maxResults=2&label=mine", headers=ALICE)
+    assert response.status_code == 303, response.text
+    return await wait_for(secured, response.json()["jobID"], headers=ALICE)
+
+
+async def test_requests_without_valid_credentials_get_401(secured: Mesh) -> None:
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Token x"}, {"Authorization": "Basic !!"}):
+        response = await call("GET", f"{secured.url}/jobs", headers=headers)
+        assert response.status_code == 401, headers
+        assert "Bearer" in response.headers["WWW-Authenticate"]
+        assert response.json()["code"] == "harmony.UnauthorizedError" or response.json()["description"]
+    assert (await call("GET", f"{secured.rangeset()}?maxResults=2")).status_code == 401
+    assert (await call("GET", f"{secured.url}/jobs", auth=("alice", "wrong"))).status_code == 401
+
+
+async def test_basic_credentials_work_too(secured: Mesh) -> None:
+    response = await call("GET", f"{secured.url}/jobs", auth=("alice", "wonderland"))
+    assert response.status_code == 200
+
+
+async def test_other_users_get_404_on_every_route_and_admins_see_all(secured: Mesh) -> None:
+    job = await alice_job(secured)
+    job_id = job["jobID"]
+    assert job["username"] == "alice"
+    result = next(link["href"] for link in job["links"] if link["rel"] == "data")
+    assert (await call("GET", result, headers=ALICE)).status_code == 200
+
+    routes = [
+        ("GET", f"/jobs/{job_id}"),
+        *[(method, f"/jobs/{job_id}/{action}") for method in ("GET", "POST") for action in ("cancel", "pause", "resume", "skip-preview")],
+        ("PUT", f"/labels?jobID={job_id}&label=stolen"),
+        ("DELETE", f"/labels?jobID={job_id}&label=mine"),
+        ("GET", result.removeprefix(secured.url)),
+        ("GET", f"/stac/{job_id}/"),
+        ("GET", f"/stac/{job_id}/0"),
+    ]
+    for method, path in routes:
+        response = await call(method, secured.url + path, headers=BOB)
+        assert response.status_code == 404, (method, path, response.status_code)
+        assert job_id in response.json()["description"]
+    statuses = (await call("POST", f"{secured.url}/jobs/status", json={"jobIDs": [job_id]}, headers=BOB)).json()
+    assert statuses == {"jobStatuses": [], "notFoundJobIDs": [job_id]}
+    listed = (await call("GET", f"{secured.url}/jobs", headers=BOB)).json()
+    assert job_id not in [j["jobID"] for j in listed["jobs"]]
+
+    assert (await call("GET", f"{secured.url}/jobs/{job_id}", headers=ROOT)).json()["username"] == "alice"
+    everyone = (await call("GET", f"{secured.url}/jobs?limit=10000", headers=ROOT)).json()
+    assert job_id in [j["jobID"] for j in everyone["jobs"]]
+    assert (await call("GET", f"{secured.url}/jobs/{job_id}", headers=ALICE)).json()["labels"] == ["mine"]
