@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -81,6 +82,34 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def mesh(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
     async with running_mesh(demo_dir, tmp_path_factory.mktemp("mesh")) as running:
         yield running
+
+
+# Users of the `secured` edge: bearer tokens, one password (basic), one admin.
+USERS = f"""
+users:
+  - name: alice
+    tokens: [alice-token]
+    password_sha256: {hashlib.sha256(b"wonderland").hexdigest()}
+  - name: bob
+    tokens: [bob-token]
+  - name: root
+    tokens: [root-token]
+    admin: true
+"""
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def secured(mesh: Mesh, tmp_path: Path) -> AsyncIterator[Mesh]:
+    """A second edge on the same mesh, with users configured."""
+    from edge.app import create_app
+
+    users_file = tmp_path / "users.yml"
+    users_file.write_text(USERS)
+    app = create_app(
+        EdgeSettings(port=0, scheduler_address=mesh.scheduler_address, catalog_address=mesh.catalog_address, users_file=users_file)
+    )
+    async with serve_app(app) as url:
+        yield Mesh(url, mesh.catalog_address, mesh.scheduler_address, mesh.transformer_address, mesh.data_dir, mesh.staging_dir)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

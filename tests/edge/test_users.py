@@ -2,44 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest_asyncio
-
-from edge.app import create_app
-from geomesh.settings import EdgeSettings
 from tests.conftest import Mesh
 from tests.edge.test_jobs import call, wait_for
-from tests.loopback import serve_app
 
 ALICE = {"Authorization": "Bearer alice-token"}
 BOB = {"Authorization": "Bearer bob-token"}
 ROOT = {"Authorization": "Bearer root-token"}
-USERS = f"""
-users:
-  - name: alice
-    tokens: [alice-token]
-    password_sha256: {hashlib.sha256(b"wonderland").hexdigest()}
-  - name: bob
-    tokens: [bob-token]
-  - name: root
-    tokens: [root-token]
-    admin: true
-"""
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def secured(mesh: Mesh, tmp_path: Path) -> AsyncIterator[Mesh]:
-    """A second edge on the same mesh, with users configured."""
-    users_file = tmp_path / "users.yml"
-    users_file.write_text(USERS)
-    app = create_app(
-        EdgeSettings(port=0, scheduler_address=mesh.scheduler_address, catalog_address=mesh.catalog_address, users_file=users_file)
-    )
-    async with serve_app(app) as url:
-        yield Mesh(url, mesh.catalog_address, mesh.scheduler_address, mesh.transformer_address, mesh.data_dir, mesh.staging_dir)
 
 
 async def alice_job(secured: Mesh) -> dict:
