@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RPC_HANDLED = Counter(
     "geomesh_grpc_server_handled_total",
@@ -30,4 +30,22 @@ OUTPUT_BYTES = Counter(
     "geomesh_output_bytes_total",
     "Bytes of transformed output streamed, by service.",
     ["service"],
+)
+WORK_ITEMS_QUEUED = Gauge(
+    "geomesh_work_items_queued",
+    "Work items of running jobs waiting for a transformer (scale transformers on this).",
+)
+WORK_ITEMS_IN_FLIGHT = Gauge(
+    "geomesh_work_items_in_flight",
+    "Work items this scheduler is running now.",
+)
+WORK_ITEMS_FINISHED = Counter(
+    "geomesh_work_items_finished_total",
+    "Work item attempts ended by this scheduler: successful, retried, failed, or lost (another scheduler took the lease).",
+    ["outcome"],
+)
+WORK_ITEM_SECONDS = Histogram(
+    "geomesh_work_item_seconds",
+    "Time from lease to staged output for one work item.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )

@@ -16,6 +16,7 @@ from contextlib import suppress
 from datetime import timedelta
 
 from geomesh.errors import GeomeshError, TransformError
+from geomesh.metrics import WORK_ITEM_SECONDS, WORK_ITEMS_FINISHED, WORK_ITEMS_IN_FLIGHT, WORK_ITEMS_QUEUED
 from geomesh.model import BBox, TimeRange
 from geomesh.settings import SchedulerSettings
 from geomesh.v1 import catalog_pb2, request_pb2, types_pb2
@@ -77,13 +78,15 @@ class Dispatcher:
             for lease in leases:
                 task = asyncio.create_task(self._run(lease))
                 self._running[lease.item_id] = (lease.job_id, task)
+                WORK_ITEMS_IN_FLIGHT.inc()
                 task.add_done_callback(lambda _, item_id=lease.item_id: self._finished(item_id))
             if len(leases) < free or free <= 0:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), poll)
 
     def _finished(self, item_id: int) -> None:
-        self._running.pop(item_id, None)
+        if self._running.pop(item_id, None) is not None:
+            WORK_ITEMS_IN_FLIGHT.dec()
         self._wake.set()
 
     async def _renew_loop(self) -> None:
@@ -91,22 +94,25 @@ class Dispatcher:
             await asyncio.sleep(self.settings.lease_seconds / 3)
             try:
                 await self.store.renew(self.owner, list(self._running), self._lease_for)
+                WORK_ITEMS_QUEUED.set(await self.store.queued())
             except Exception:
                 log.exception("renewing leases failed")
 
     async def _run(self, lease: Lease) -> None:
         granule = types_pb2.Granule.FromString(lease.granule)
         try:
-            if lease.attempts > self.settings.max_attempts:
-                # Leased again after its schedulers kept stopping mid-item: do not try forever.
-                raise TransformError(f"abandoned after {self.settings.max_attempts} attempts")
-            link = await self._transform(lease, granule)
+            with WORK_ITEM_SECONDS.time():
+                if lease.attempts > self.settings.max_attempts:
+                    # Leased again after its schedulers kept stopping mid-item: do not try forever.
+                    raise TransformError(f"abandoned after {self.settings.max_attempts} attempts")
+                link = await self._transform(lease, granule)
         except asyncio.CancelledError:
             raise
         except Exception as error:
             await self._failed(lease, granule, error)
             return
-        await self.store.complete(self.owner, lease.item_id, link)
+        recorded = await self.store.complete(self.owner, lease.item_id, link)
+        WORK_ITEMS_FINISHED.labels("successful" if recorded else "lost").inc()
 
     async def _transform(self, lease: Lease, granule: types_pb2.Granule) -> NewLink:
         request = request_pb2.DataRequest.FromString(lease.data_request)
@@ -145,6 +151,7 @@ class Dispatcher:
             "job %s granule %s attempt %d failed%s: %s",
             lease.job_id, granule.id, lease.attempts, ", will retry" if retry_at else "", geomesh_error.message,
         )
+        WORK_ITEMS_FINISHED.labels("retried" if retry_at else "failed").inc()
         await self.store.fail(
             self.owner,
             lease.item_id,

@@ -340,6 +340,16 @@ class JobStore:
                 .values(status="ready", lease_owner=None, attempts=WorkItemRow.attempts - 1)
             )
 
+    async def queued(self) -> int:
+        """Items of active jobs waiting for a dispatcher."""
+        async with self._sessions() as session:
+            return await session.scalar(
+                select(func.count())
+                .select_from(WorkItemRow)
+                .join(JobRow, JobRow.job_id == WorkItemRow.job_id)
+                .where(JobRow.status.in_([s.value for s in ACTIVE]), WorkItemRow.status == "ready")
+            ) or 0
+
     async def item_counts(self, job_id: str) -> dict[str, int]:
         async with self._sessions() as session:
             rows = await session.execute(

@@ -175,3 +175,13 @@ async def test_bad_job_ids_and_paging_values(mesh: Mesh) -> None:
     assert (await call("GET", f"{mesh.url}/jobs?limit=x")).status_code == 400
     result = await call("GET", f"{mesh.url}/service-results/00000000-0000-4000-8000-000000000000/1/x.tif")
     assert result.status_code == 404
+
+
+async def test_job_work_is_visible_to_prometheus(mesh: Mesh) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    await wait_for(mesh, await submit(mesh, "maxResults=2"))
+    families = {f.name: f for f in text_string_to_metric_families((await call("GET", f"{mesh.url}/metrics")).text)}
+    finished = {s.labels["outcome"]: s.value for s in families["geomesh_work_items_finished"].samples if s.name.endswith("_total")}
+    assert finished["successful"] >= 2
+    assert {"geomesh_work_items_queued", "geomesh_work_items_in_flight", "geomesh_work_item_seconds"} <= set(families)
