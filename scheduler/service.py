@@ -153,7 +153,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             if request.action not in _ACTIONS:
                 raise RequestValidationError("action must be one of CANCEL, PAUSE, RESUME, SKIP_PREVIEW")
             caller, job_id = _caller(request.caller), _job_id(request.job_id)
-            await self.store.move(caller, job_id, _ACTIONS[request.action])
+            # Skipping the preview resumes a job only from the preview, never from a user's pause.
+            only_from = JobStatus.PREVIEWING if request.action == scheduler_pb2.ControlJobRequest.SKIP_PREVIEW else None
+            await self.store.move(caller, job_id, _ACTIONS[request.action], only_from=only_from)
             if request.action == scheduler_pb2.ControlJobRequest.CANCEL:
                 self.dispatcher.stop_job(job_id)
             else:

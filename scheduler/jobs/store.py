@@ -19,7 +19,7 @@ from sqlalchemy import and_, delete, event, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from geomesh.errors import NotFoundError, RequestValidationError
+from geomesh.errors import ConflictError, NotFoundError, RequestValidationError
 from scheduler.jobs.models import ErrorRow, JobRow, LabelRow, LinkRow, WorkItemRow
 from scheduler.jobs.states import ACTIVE, DEFAULT_MESSAGES, TERMINAL, JobStatus, check_move
 
@@ -195,11 +195,13 @@ class JobStore:
 
     # -- user actions -------------------------------------------------------------------------
 
-    async def move(self, caller: Caller, job_id: str, new: JobStatus) -> JobRow:
+    async def move(self, caller: Caller, job_id: str, new: JobStatus, *, only_from: JobStatus | None = None) -> JobRow:
         """Cancel, pause or resume (running or running_with_errors, as the job's errors say)."""
         async with self._sessions.begin() as session:
             job = await self._visible_job(session, caller, job_id, lock=True)
             current = JobStatus(job.status)
+            if only_from is not None and current is not only_from:
+                raise ConflictError(f"Job status is {current.value}: only a job that is {only_from.value} can do that.")
             if new is JobStatus.RUNNING and current in (JobStatus.PAUSED, JobStatus.PREVIEWING):
                 has_errors = await session.scalar(select(func.count()).select_from(ErrorRow).where(ErrorRow.job_id == job_id))
                 new = JobStatus.RUNNING_WITH_ERRORS if has_errors else JobStatus.RUNNING

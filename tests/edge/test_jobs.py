@@ -145,6 +145,8 @@ async def test_cancel_pause_resume_and_illegal_moves(mesh: Mesh) -> None:
     again = await call("POST", f"{mesh.url}/jobs/{job_id}/pause")
     assert again.status_code == 409
     assert again.json()["description"] == "Error: Job status cannot be updated from paused to paused."
+    skip = await call("GET", f"{mesh.url}/jobs/{job_id}/skip-preview")
+    assert skip.status_code == 409 and "only a job that is previewing" in skip.json()["description"]
     assert (await call("POST", f"{mesh.url}/jobs/{job_id}/resume")).status_code == 302
     assert (await call("GET", f"{mesh.url}/jobs/{job_id}/cancel")).status_code == 302
     job = (await call("GET", f"{mesh.url}/jobs/{job_id}")).json()
