@@ -31,13 +31,14 @@ def free_port() -> int:
 class SchedulerProcess:
     """`geomesh serve scheduler` as its own process on the mesh's catalog; started again on the same data."""
 
-    def __init__(self, mesh: Mesh, data_dir: Path) -> None:
+    def __init__(self, mesh: Mesh, data_dir: Path, database_url: str) -> None:
         self.port = free_port()
         self.env = {
             **os.environ,
             "GEOMESH_SCHEDULER_PORT": str(self.port),
             "GEOMESH_SCHEDULER_CATALOG_ADDRESS": mesh.catalog_address,
             "GEOMESH_SCHEDULER_DATA_DIR": str(data_dir),
+            "GEOMESH_SCHEDULER_DATABASE_URL": database_url,
             "GEOMESH_SCHEDULER_LEASE_SECONDS": "1",
             "GEOMESH_SCHEDULER_DISPATCH_SLOTS": "2",
             "GEOMESH_LOG_LEVEL": "WARNING",
@@ -71,8 +72,8 @@ class SchedulerProcess:
 
 
 @pytest.fixture
-def scheduler_process(mesh: Mesh, tmp_path: Path) -> Iterator[SchedulerProcess]:
-    process = SchedulerProcess(mesh, tmp_path)
+def scheduler_process(mesh: Mesh, tmp_path: Path, database_url: str) -> Iterator[SchedulerProcess]:
+    process = SchedulerProcess(mesh, tmp_path, database_url)
     yield process
     process.stop()
 
