@@ -14,12 +14,20 @@ from pathlib import Path
 
 import click
 
+from geomesh import jobs_cli
+
 SERVICES = ("catalog", "transformer", "scheduler", "edge")
 
 
 @click.group()
 def main() -> None:
     """geomesh: take exactly the Earth-observation data you need."""
+
+
+main.add_command(jobs_cli.jobs_command)
+main.add_command(jobs_cli.status_command)
+main.add_command(jobs_cli.wait_command)
+main.add_command(jobs_cli.download_command)
 
 
 @main.command()
