@@ -106,6 +106,7 @@ def _environments(ports: _Ports, data_dir: Path) -> dict[str, dict[str, str]]:
             "GEOMESH_SCHEDULER_PORT": str(ports.scheduler),
             "GEOMESH_SCHEDULER_METRICS_PORT": str(ports.metrics + 2),
             "GEOMESH_SCHEDULER_CATALOG_ADDRESS": f"{host}:{ports.catalog}",
+            "GEOMESH_SCHEDULER_DATA_DIR": str(data_dir),
         },
         "edge": {
             "GEOMESH_EDGE_HOST": host,
