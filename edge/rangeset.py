@@ -233,16 +233,19 @@ def _numbers(params: RangesetParameters, name: str, count: int) -> list[float]:
 
 def _integer(params: RangesetParameters, name: str, minimum: int) -> int | None:
     value = params.single(name)
-    if value is None:
-        return None
+    return None if value is None else parse_integer(name, value, minimum, 2**31 - 1)
+
+
+def parse_integer(name: str, value: str, minimum: int, maximum: int) -> int:
+    """A whole-number query parameter, with Harmony's wording when it is out of range."""
     try:
         number = int(value)
     except ValueError:
         raise RequestValidationError(f'query parameter "{name}" should be integer') from None
     if number < minimum:
         raise RequestValidationError(f'query parameter "{name}" should be >= {minimum}')
-    if number > 2**31 - 1:
-        raise RequestValidationError(f'query parameter "{name}" should be <= {2**31 - 1}')
+    if number > maximum:
+        raise RequestValidationError(f'query parameter "{name}" should be <= {maximum}')
     return number
 
 

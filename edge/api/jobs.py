@@ -12,6 +12,7 @@ from edge.api.downloads import relay_file, requested_offset
 from edge.auth import caller
 from edge.clients import CLIENTS
 from edge.job_json import job_json, paging_links
+from edge.rangeset import parse_integer
 from geomesh.errors import RequestValidationError
 from geomesh.rpc import rpc_errors
 from geomesh.v1 import scheduler_pb2
@@ -179,22 +180,11 @@ async def _json_body(request: web.Request) -> Any:
 
 
 def _paging(request: web.Request, default_limit: int) -> tuple[int, int]:
-    return _positive(request, "page", 1), min(_positive(request, "limit", default_limit, maximum=MAX_LIMIT), MAX_LIMIT)
-
-
-def _positive(request: web.Request, name: str, default: int, maximum: int | None = None) -> int:
-    text = request.query.get(name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise RequestValidationError(f'query parameter "{name}" should be an integer, not "{text}"') from None
-    if value < 1:
-        raise RequestValidationError(f'query parameter "{name}" should be >= 1')
-    if maximum is not None and value > maximum:
-        raise RequestValidationError(f'query parameter "{name}" should be <= {maximum}')
-    return value
+    page, limit = request.query.get("page"), request.query.get("limit")
+    return (
+        parse_integer("page", page, 1, 2**31 - 1) if page is not None else 1,
+        parse_integer("limit", limit, 1, MAX_LIMIT) if limit is not None else default_limit,
+    )
 
 
 def _check_linktype(request: web.Request) -> None:

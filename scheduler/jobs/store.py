@@ -15,7 +15,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import and_, delete, event, func, or_, select, text, update
+from sqlalchemy import Update, and_, delete, event, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
@@ -280,16 +280,7 @@ class JobStore:
         if not item_ids:
             return
         async with self._sessions.begin() as session:
-            await session.execute(
-                update(WorkItemRow)
-                .where(WorkItemRow.id.in_(list(item_ids)), WorkItemRow.lease_owner == owner, WorkItemRow.status == "running")
-                .values(lease_expires_at=utcnow() + lease_for)
-            )
-
-    async def job_status(self, job_id: str) -> JobStatus:
-        async with self._sessions() as session:
-            status = await session.scalar(select(JobRow.status).where(JobRow.job_id == job_id))
-            return JobStatus(status) if status else JobStatus.CANCELED
+            await session.execute(_held(owner, item_ids).values(lease_expires_at=utcnow() + lease_for))
 
     async def complete(self, owner: str, item_id: int, link: NewLink) -> bool:
         """Record an item's output; False if the lease was lost (another scheduler owns the item now)."""
@@ -336,11 +327,7 @@ class JobStore:
         if not item_ids:
             return
         async with self._sessions.begin() as session:
-            await session.execute(
-                update(WorkItemRow)
-                .where(WorkItemRow.id.in_(list(item_ids)), WorkItemRow.lease_owner == owner, WorkItemRow.status == "running")
-                .values(status="ready", lease_owner=None, attempts=WorkItemRow.attempts - 1)
-            )
+            await session.execute(_held(owner, item_ids).values(status="ready", lease_owner=None, attempts=WorkItemRow.attempts - 1))
 
     async def queued(self) -> int:
         """Items of active jobs waiting for a dispatcher."""
@@ -380,6 +367,13 @@ class JobStore:
         if item.status != "running" or item.lease_owner != owner:
             return None, None
         return item, job
+
+
+def _held(owner: str, item_ids: Sequence[int]) -> Update:
+    """An update of the items among item_ids that owner still holds a lease on."""
+    return update(WorkItemRow).where(
+        WorkItemRow.id.in_(list(item_ids)), WorkItemRow.lease_owner == owner, WorkItemRow.status == "running"
+    )
 
 
 def _link_row(job_id: str, link: NewLink) -> LinkRow:
