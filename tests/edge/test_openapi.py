@@ -1,27 +1,38 @@
-"""The served OpenAPI document: its two forms, its server URL, its validity, and that it matches the parser."""
+"""The served OpenAPI document: its two forms, its server URL, its validity, and that it matches the parser,
+the edge's routes and the edge's real answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
+import time
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
+import requests
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from openapi_schema_validator import OAS30Validator
+from openapi_schema_validator import OAS30Validator, oas30_format_checker
 from openapi_spec_validator import OpenAPIV30SpecValidator
 
 from edge.api import openapi
+from edge.api.common import COVERAGES
+from edge.app import create_app
 from edge.errors import error_middleware
 from edge.rangeset import PARAMETERS, RangesetParameters, build_request
 from geomesh.errors import RequestValidationError
+from geomesh.settings import EdgeSettings
+from tests.conftest import Mesh
 
 COLLECTION = "C1233800302-EEDTEST"
 RANGESET = "/collections/{variable}/coverage/rangeset"
+HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -189,9 +200,217 @@ def test_documented_examples_fit_their_schemas_and_the_parser() -> None:
 
 def test_the_error_schema_matches_geomesh_errors() -> None:
     document = openapi.load_document()
-    validator = OAS30Validator(document["components"]["schemas"]["Exception"])
+    validator = OAS30Validator(document["components"]["schemas"]["Error"])
     validator.validate(RequestValidationError('query parameter "width" should be integer').to_json())
     for response in document["components"]["responses"].values():
-        content = response["content"]
+        content = response.get("content", {})
         if "application/json" in content and "example" in content["application/json"]:
             validator.validate(content["application/json"]["example"])
+
+
+# -- the document against the edge's routes ------------------------------------------------------
+
+# The two servers of the document: the coverages URL (top-level `servers`, the default) and the edge's root,
+# which the jobs, STAC and download paths name as the relative server "/".
+COVERAGES_SERVER = "coverages"
+EDGE_ROOT = "/"
+COVERAGES_PREFIX = "/{collectionId}/" + COVERAGES
+# Left out on purpose: the Prometheus metrics, and the edge's own root page, whose path "/" the coverages
+# landing page holds in the document (the info description mentions both).
+UNDOCUMENTED = frozenset({(EDGE_ROOT, "/metrics"), (EDGE_ROOT, "/")})
+# A path variable whose regex is a list of words (`{action:cancel|pause|...}`) is one documented path per word.
+_WORD_CHOICES = re.compile(r"\(\?P<(\w+)>([\w-]+(?:\|[\w-]+)+)\)")
+
+
+def _shape(path: str) -> str:
+    """A path with its variables unnamed: the document may name them differently from the code."""
+    return re.sub(r"\{[^{}]*\}", "{}", path)
+
+
+def _registered_operations() -> dict[tuple[str, str], set[str]]:
+    """(server, path shape) -> methods, for every route create_app registers (HEAD aside: aiohttp adds it to GETs)."""
+    app = create_app(EdgeSettings(port=0))
+    found: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for route in app.router.routes():
+        if route.method == "HEAD":
+            continue
+        resource = route.resource
+        assert resource is not None
+        paths = [re.sub(r"\{(\w+):[^{}]*\}", r"{\1}", resource.canonical)]
+        pattern = resource.get_info().get("pattern")
+        for name, words in _WORD_CHOICES.findall(pattern.pattern if pattern else ""):
+            paths = [path.replace(f"{{{name}}}", word) for path in paths for word in words.split("|")]
+        for path in paths:
+            if path.startswith(COVERAGES_PREFIX):
+                found[(COVERAGES_SERVER, path.removeprefix(COVERAGES_PREFIX))].add(route.method)
+            else:
+                found[(EDGE_ROOT, path)].add(route.method)
+    # A trailing-slash twin of a route answers the same: it is documented by its twin.
+    for server, path in list(found):
+        if path.endswith("/") and (server, path[:-1]) in found:
+            assert found[(server, path)] == found[(server, path[:-1])], path
+            del found[(server, path)]
+    if (COVERAGES_SERVER, "") in found:  # the landing page is the coverages URL itself
+        found[(COVERAGES_SERVER, "/")] = found.pop((COVERAGES_SERVER, ""))
+    return {
+        (server, _shape(path)): methods
+        for (server, path), methods in found.items()
+        if (server, path) not in UNDOCUMENTED
+    }
+
+
+def _server_of(path: str, item: dict[str, Any]) -> str:
+    if "servers" not in item:
+        return COVERAGES_SERVER
+    assert [server["url"] for server in item["servers"]] == [EDGE_ROOT], path
+    return EDGE_ROOT
+
+
+def _documented_operations(document: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
+    return {
+        (_server_of(path, item), _shape(path)): {method.upper() for method in item if method in HTTP_METHODS}
+        for path, item in document["paths"].items()
+    }
+
+
+def test_every_route_is_documented_with_its_methods() -> None:
+    registered = _registered_operations()
+    documented = _documented_operations(openapi.load_document())
+    assert len(registered) >= 18  # the mapping above found the routes it should
+    missing = {key: methods - documented.get(key, set()) for key, methods in registered.items()}
+    extra = {key: methods - registered.get(key, set()) for key, methods in documented.items()}
+    assert {key: methods for key, methods in missing.items() if methods} == {}, "routes the document lacks"
+    assert {key: methods for key, methods in extra.items() if methods} == {}, "documented operations the edge lacks"
+
+
+def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
+    return [
+        (path, method, item, operation)
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+    ]
+
+
+def _needs_user(document: dict[str, Any], operation: dict[str, Any]) -> bool:
+    return operation.get("security", document["security"]) != []
+
+
+def test_security_is_global_and_401_is_documented_where_a_user_is_needed() -> None:
+    document = openapi.load_document()
+    assert document["security"] == [{"bearer": []}, {"basic": []}]
+    schemes = document["components"]["securitySchemes"]
+    assert (schemes["bearer"]["scheme"], schemes["basic"]["scheme"]) == ("bearer", "basic")
+    assert "single-user" in document["info"]["description"]
+    for path, method, _, operation in _operations(document):
+        assert ("401" in operation["responses"]) == _needs_user(document, operation), f"{method} {path}"
+
+
+def _example(document: dict[str, Any], node: dict[str, Any]) -> Any:
+    node = _deref(document, node)
+    if "example" in node:
+        return node["example"]
+    if "examples" in node:
+        return next(iter(node["examples"].values()))["value"]
+    return _deref(document, node["schema"])["example"] if "schema" in node else None
+
+
+def _example_request(
+    document: dict[str, Any], base: str, path: str, item: dict[str, Any], operation: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The URL with the documented examples in its path, and the documented JSON body example if any."""
+    for parameter in [_deref(document, p) for p in item.get("parameters", []) + operation.get("parameters", [])]:
+        if parameter["in"] == "path":
+            path = path.replace(f"{{{parameter['name']}}}", str(_example(document, parameter)))
+    options: dict[str, Any] = {}
+    body = _deref(document, operation.get("requestBody", {}))
+    if "application/json" in body.get("content", {}):
+        options["json"] = _example(document, body["content"]["application/json"])
+    elif "application/x-www-form-urlencoded" in body.get("content", {}):
+        # An empty form; without a Content-Type aiohttp reads a body as application/octet-stream.
+        options["headers"] = {"Content-Type": "application/x-www-form-urlencoded"}
+    return base + path, options
+
+
+async def test_credentials_are_asked_for_exactly_where_documented(secured: Mesh) -> None:
+    """Without credentials, an edge with users answers 401 on the operations documented to need a user, only."""
+    document = openapi.load_document()
+    for path, method, item, operation in _operations(document):
+        base = secured.url if _server_of(path, item) == EDGE_ROOT else secured.coverages()
+        url, options = _example_request(document, base, path, item, operation)
+        response = await asyncio.to_thread(
+            requests.request, method, url, allow_redirects=False, timeout=30, **options
+        )
+        expected = _needs_user(document, operation)
+        answer = f"{method} {url}: {response.status_code} {response.text[:200]}"
+        assert (response.status_code == 401) == expected, answer
+        if not expected:
+            assert response.status_code == 200, f"{answer}: the documented examples should work"
+
+
+# -- real answers against their schemas -------------------------------------------------------------
+
+
+def _undocumented_fields(document: dict[str, Any], schema: dict[str, Any], value: Any, where: str = "$") -> list[str]:
+    """Fields of `value` its schema does not name (the schemas allow extras; the edge should send none)."""
+    schema = _deref(document, schema)
+    found: list[str] = []
+    if isinstance(value, dict) and "properties" in schema:
+        for key, item in value.items():
+            if key in schema["properties"]:
+                found += _undocumented_fields(document, schema["properties"][key], item, f"{where}.{key}")
+            elif "additionalProperties" not in schema:
+                found.append(f"{where}.{key}")
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, item in value.items():
+            found += _undocumented_fields(document, schema["additionalProperties"], item, f"{where}.{key}")
+    elif isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            found += _undocumented_fields(document, schema["items"], item, f"{where}[{index}]")
+    return found
+
+
+def _check(document: dict[str, Any], name: str, value: Any) -> None:
+    """`value` is valid against components/schemas/`name` (formats included) and has no undocumented field."""
+    schema = {"allOf": [{"$ref": f"#/components/schemas/{name}"}], "components": document["components"]}
+    OAS30Validator(schema, format_checker=oas30_format_checker).validate(value)
+    assert _undocumented_fields(document, document["components"]["schemas"][name], value) == []
+
+
+async def _get(url: str, **options: Any) -> requests.Response:
+    return await asyncio.to_thread(requests.get, url, allow_redirects=False, timeout=30, **options)
+
+
+async def test_a_real_job_fits_the_job_schemas(mesh: Mesh) -> None:
+    document = openapi.load_document()
+    created = await _get(f"{mesh.url}/{COLLECTION}/{COVERAGES}/collections/all/coverage/rangeset?maxResults=2")
+    assert created.status_code == 303, created.text
+    job_id = created.json()["jobID"]
+    assert created.headers["Location"] == f"{mesh.url}/jobs/{job_id}"
+    _check(document, "Job", created.json())
+
+    answer = await _get(f"{mesh.url}/jobs/{job_id}")
+    assert answer.status_code == 200
+    _check(document, "Job", answer.json())
+
+    deadline = time.monotonic() + 30
+    while (job := (await _get(f"{mesh.url}/jobs/{job_id}")).json())["status"] != "successful":
+        assert time.monotonic() < deadline, f"job {job_id} still {job['status']}"
+        await asyncio.sleep(0.05)
+    _check(document, "Job", job)  # now with data links (bbox, temporal) and the STAC catalog link
+    assert {"data", "stac-catalog-json"} <= {link["rel"] for link in job["links"]}
+
+    listing = await _get(f"{mesh.url}/jobs?limit=1")
+    _check(document, "JobListing", listing.json())
+    assert int(listing.headers["Harmony-Hits"]) == listing.json()["count"]
+    statuses = await asyncio.to_thread(requests.post, f"{mesh.url}/jobs/status", json={"jobIDs": [job_id]}, timeout=30)
+    _check(document, "JobStatuses", statuses.json())
+    labelled = await asyncio.to_thread(requests.put, f"{mesh.url}/labels?jobID={job_id}&label=OpenAPI", timeout=30)
+    assert labelled.status_code == 201
+    _check(document, "LabelsChanged", labelled.json())
+
+    catalog = await _get(f"{mesh.url}/stac/{job_id}/")
+    _check(document, "StacCatalog", catalog.json())
+    item = await _get(f"{mesh.url}/stac/{job_id}/0")
+    _check(document, "StacItem", item.json())
+    assert item.json()["geometry"]["type"] == "Polygon"
