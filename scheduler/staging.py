@@ -50,6 +50,9 @@ class LocalStaging:
     async def writer(self, job_id: str, item_id: int, file_name: str) -> AsyncIterator[StagedWriter]:
         path = self._path(job_id, str(item_id), file_name)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Parts left by an earlier attempt whose scheduler died: this attempt holds the lease now.
+        for stale in path.parent.glob("*.part"):
+            stale.unlink(missing_ok=True)
         partial = path.with_name(path.name + f".{os.getpid()}.part")
         file = await asyncio.to_thread(open, partial, "wb")
         try:

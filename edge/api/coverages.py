@@ -46,7 +46,9 @@ async def rangeset_post(request: web.Request) -> web.StreamResponse:
                 shape = await _read_shape(part)
             else:
                 pairs.append((part.name, await part.text()))
-    elif request.content_type in ("application/x-www-form-urlencoded", ""):
+    elif not request.body_exists:
+        pass  # everything is in the query string
+    elif request.content_type == "application/x-www-form-urlencoded":
         pairs.extend((key, value) for key, value in (await request.post()).items() if isinstance(value, str))
     else:
         raise RequestValidationError(

@@ -108,6 +108,8 @@ async def test_a_post_gets_the_job_itself(mesh: Mesh) -> None:
     job = response.json()
     assert job["status"] == "running" and job["labels"] == ["survey"]
     await wait_for(mesh, job["jobID"])
+    bodiless = await call("POST", f"{mesh.rangeset()}?maxResults=2")  # everything in the query string
+    assert bodiless.status_code == 200 and bodiless.json()["numInputGranules"] == 2
 
 
 async def test_listing_paging_and_bulk_status(mesh: Mesh) -> None:
