@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test bench install clean
+.PHONY: up test bench bench-jobs install clean
 
 $(BIN)/geomesh: pyproject.toml setup.py $(wildcard protos/geomesh/v1/*.proto)
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/bbox_crop.py
+
+bench-jobs: install  ## a 177-granule async job vs a multiprocess rasterio loop
+	$(BIN)/python benchmarks/job_throughput.py
 
 clean:
 	rm -rf $(VENV) .data build *.egg-info geomesh/v1/*_pb2*.py geomesh/v1/*_pb2*.pyi

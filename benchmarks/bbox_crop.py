@@ -28,18 +28,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
-import platform
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +46,8 @@ from rasterio.io import DatasetReader, DatasetWriter, MemoryFile
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
+from _mesh import machine, running_mesh
+
 COLLECTION = "C1233800302-EEDTEST"
 GRANULE_ID = "G1233800343-EEDTEST"
 GRANULE_FILE = Path("granules") / COLLECTION / "001_00_7f00ff_global.tif"  # G1233800343's file
@@ -62,8 +58,6 @@ RANGESET = (
 BBOX = (110.0, -45.75, 156.0, -9.0)  # west, south, east, north: the same subsets as the URL
 WGS84 = CRS.from_epsg(4326)
 CONCURRENCIES = (1, 8)
-UP_TIMEOUT_S = 90.0
-STOP_GRACE_S = 20.0
 
 # The transformer's GeoTIFF creation options (transformers/gdal/subset.py, _write_tiff).
 _TILE = 256
@@ -343,84 +337,8 @@ async def mesh_cell(url: str, concurrency: int, requests: int, warmup: int, max_
     return Cell("mesh", concurrency, outcomes, wall)
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> tuple[list[int], int]:
-    """`count` free ports, and the first of three consecutive free ones (for the metrics)."""
-    held: list[socket.socket] = []
-
-    def bind(port: int) -> socket.socket | None:
-        sock = socket.socket()
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            return None
-        held.append(sock)
-        return sock
-
-    try:
-        ports = [bind(0).getsockname()[1] for _ in range(count)]  # type: ignore[union-attr]
-        for _ in range(100):
-            first = bind(0).getsockname()[1]  # type: ignore[union-attr]
-            if first + 2 <= 65535 and bind(first + 1) is not None and bind(first + 2) is not None:
-                return ports, first
-        raise RuntimeError("found no three consecutive free ports for the metrics")
-    finally:
-        for sock in held:
-            sock.close()
-
-
-@contextmanager
-def running_mesh(data_dir: Path, log_path: Path, host: str = "127.0.0.1") -> Iterator[str]:
-    """`geomesh up` in its own session; yields the edge's base URL; SIGTERM (then SIGKILL) on exit."""
-    (edge, scheduler, catalog, transformer), metrics = free_ports(4, host)
-    command = [
-        sys.executable, "-m", "geomesh.cli", "up", "--host", host, "--port", str(edge),
-        "--scheduler-port", str(scheduler), "--catalog-port", str(catalog),
-        "--transformer-port", str(transformer), "--metrics-port", str(metrics), "--data-dir", str(data_dir),
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_for_up(process, log_path)
-        yield f"http://{host}:{edge}"
-    finally:
-        _stop(process)
-
-
-def _wait_for_up(process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + UP_TIMEOUT_S
-    while b"geomesh is up" not in log_path.read_bytes():
-        if process.poll() is not None:
-            raise RuntimeError(f"geomesh up exited with {process.returncode}:\n{_tail(log_path)}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"geomesh up was not up within {UP_TIMEOUT_S:.0f} s:\n{_tail(log_path)}")
-        time.sleep(0.1)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # its own session: the services it started go too
-        process.wait()
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 # ---------------------------------------------------------------------------------------------
 # Report
-
-
-def machine() -> str:
-    return (
-        f"machine: {os.cpu_count()} CPUs, {platform.machine()} {platform.system()} {platform.release()}\n"
-        f"python {platform.python_version()}, rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__}, "
-        f"aiohttp {aiohttp.__version__}"
-    )
 
 
 def table(cells: list[Cell]) -> str:
@@ -499,10 +417,10 @@ def measure(args: argparse.Namespace, data_dir: Path, log_path: Path) -> list[Ce
         flush=True,
     )
     cells: list[Cell] = []
-    with running_mesh(data_dir, log_path) as base_url:
+    with running_mesh(data_dir, log_path) as up:
         for concurrency in CONCURRENCIES:
             print(f"  mesh c={concurrency} ...", flush=True)
-            url = base_url + RANGESET
+            url = up.url + RANGESET
             mesh = asyncio.run(mesh_cell(url, concurrency, args.requests, args.warmup, args.max_seconds))
             print(f"  rasterio c={concurrency} ...", flush=True)
             local = rasterio_cell(granule, concurrency, args.requests, args.warmup, args.max_seconds)

@@ -1,0 +1,130 @@
+"""What the benchmarks share: a real `geomesh up` on free loopback ports, and the machine it ran on.
+
+The mesh runs in its own session, so stopping it (SIGTERM, then SIGKILL for the whole session
+after a grace period) takes every service it started along, even when a benchmark fails midway.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import rasterio
+
+UP_TIMEOUT_S = 90.0
+STOP_GRACE_S = 20.0
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """A running `geomesh up`: the edge's base URL and the pid of the `up` process."""
+
+    url: str
+    pid: int
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> tuple[list[int], int]:
+    """`count` free ports, and the first of three consecutive free ones (for the metrics)."""
+    held: list[socket.socket] = []
+
+    def bind(port: int) -> socket.socket | None:
+        sock = socket.socket()
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            return None
+        held.append(sock)
+        return sock
+
+    try:
+        ports = [bind(0).getsockname()[1] for _ in range(count)]  # type: ignore[union-attr]
+        for _ in range(100):
+            first = bind(0).getsockname()[1]  # type: ignore[union-attr]
+            if first + 2 <= 65535 and bind(first + 1) is not None and bind(first + 2) is not None:
+                return ports, first
+        raise RuntimeError("found no three consecutive free ports for the metrics")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+@contextmanager
+def running_mesh(data_dir: Path, log_path: Path, host: str = "127.0.0.1") -> Iterator[Mesh]:
+    """`geomesh up` in its own session, until it says it is up; SIGTERM (then SIGKILL) on exit."""
+    (edge, scheduler, catalog, transformer), metrics = free_ports(4, host)
+    command = [
+        sys.executable, "-m", "geomesh.cli", "up", "--host", host, "--port", str(edge),
+        "--scheduler-port", str(scheduler), "--catalog-port", str(catalog),
+        "--transformer-port", str(transformer), "--metrics-port", str(metrics), "--data-dir", str(data_dir),
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_up(process, log_path)
+        yield Mesh(f"http://{host}:{edge}", process.pid)
+    finally:
+        _stop(process)
+
+
+def _wait_for_up(process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    while b"geomesh is up" not in log_path.read_bytes():
+        if process.poll() is not None:
+            raise RuntimeError(f"geomesh up exited with {process.returncode}:\n{tail(log_path)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"geomesh up was not up within {UP_TIMEOUT_S:.0f} s:\n{tail(log_path)}")
+        time.sleep(0.1)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # its own session: the services it started go too
+        process.wait()
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def service_cpu_seconds(mesh: Mesh) -> dict[str, float]:
+    """CPU seconds (user + system, all threads) each service process has used so far, by service.
+
+    Read from /proc/<pid>/stat of the `up` process's children (Linux only; empty elsewhere), so no
+    psutil is needed. A service is named by the last word of its command line (`serve <name>`).
+    """
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    used: dict[str, float] = {}
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # Fields after the command name, which is in parentheses and may hold spaces.
+            fields = stat_path.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != mesh.pid:  # ppid
+                continue
+            name = (stat_path.parent / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")[-1].decode()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+        used[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return used
+
+
+def machine() -> str:
+    return (
+        f"machine: {os.cpu_count()} CPUs, {platform.machine()} {platform.system()} {platform.release()}\n"
+        f"python {platform.python_version()}, rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__}, "
+        f"aiohttp {aiohttp.__version__}"
+    )
