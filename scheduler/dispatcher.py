@@ -19,7 +19,8 @@ from geomesh.errors import GeomeshError, TransformError
 from geomesh.metrics import WORK_ITEM_SECONDS, WORK_ITEMS_FINISHED, WORK_ITEMS_IN_FLIGHT, WORK_ITEMS_QUEUED
 from geomesh.model import BBox, TimeRange
 from geomesh.settings import SchedulerSettings
-from geomesh.v1 import catalog_pb2, request_pb2, types_pb2
+from geomesh.rpc import REQUEST_ID_KEY, rpc_errors
+from geomesh.v1 import catalog_pb2, catalog_pb2_grpc, request_pb2, types_pb2
 from scheduler.jobs.store import JobStore, Lease, NewLink, utcnow
 from scheduler.planner import work_item
 from scheduler.staging import LocalStaging
@@ -29,10 +30,20 @@ log = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    def __init__(self, store: JobStore, staging: LocalStaging, pool: TransformerPool, settings: SchedulerSettings) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        staging: LocalStaging,
+        pool: TransformerPool,
+        catalog: catalog_pb2_grpc.CatalogStub,
+        settings: SchedulerSettings,
+    ) -> None:
         self.store = store
         self.staging = staging
         self.pool = pool
+        self.catalog = catalog
+        # Transformer addresses per job, asked of the registry once per scheduler process.
+        self._addresses: dict[str, list[str]] = {}
         self.settings = settings
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._lease_for = timedelta(seconds=settings.lease_seconds)
@@ -118,7 +129,7 @@ class Dispatcher:
         request = request_pb2.DataRequest.FromString(lease.data_request)
         match = catalog_pb2.ServiceMatch.FromString(lease.service_match)
         item = work_item(request, granule, match, job_id=lease.job_id)
-        chunks = self.pool.transform(list(match.service.addresses), item)
+        chunks = self.pool.transform(await self._replicas(lease.job_id, request), item)
         try:
             first = await anext(chunks)
             if first.WhichOneof("item") != "header":
@@ -139,6 +150,18 @@ class Dispatcher:
             time_start=temporal.start if temporal else None,
             time_end=temporal.end if temporal else None,
         )
+
+    async def _replicas(self, job_id: str, request: request_pb2.DataRequest) -> list[str]:
+        """The service's replicas now: a job outlives the addresses it was created with."""
+        if job_id not in self._addresses:
+            with rpc_errors():
+                match = await self.catalog.MatchService(request, metadata=((REQUEST_ID_KEY, request.request_id),))
+            if match.WhichOneof("result") != "service":
+                raise TransformError(f"no service transforms {request.collection} any more")
+            if len(self._addresses) >= 1024:  # forget the oldest job's: it is asked again if still running
+                del self._addresses[next(iter(self._addresses))]
+            self._addresses[job_id] = list(match.service.addresses)
+        return self._addresses[job_id]
 
     async def _failed(self, lease: Lease, granule: types_pb2.Granule, error: Exception) -> None:
         geomesh_error = error if isinstance(error, GeomeshError) else TransformError(str(error) or type(error).__name__)

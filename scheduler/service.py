@@ -252,10 +252,9 @@ async def serve(settings: SchedulerSettings) -> RunningServer:
     staging = LocalStaging(settings.resolved_staging_dir)
     channel = grpc.aio.insecure_channel(settings.catalog_address)
     pool = TransformerPool(settings.transformer_concurrency)
-    dispatcher = Dispatcher(store, staging, pool, settings)
-    service = SchedulerService(
-        Planner(catalog_pb2_grpc.CatalogStub(channel)), pool, store, staging, dispatcher, settings
-    )
+    catalog = catalog_pb2_grpc.CatalogStub(channel)
+    dispatcher = Dispatcher(store, staging, pool, catalog, settings)
+    service = SchedulerService(Planner(catalog), pool, store, staging, dispatcher, settings)
     running = await start_server(
         "scheduler",
         lambda server: scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server),

@@ -42,3 +42,16 @@ async def test_a_failing_granule_is_retried_then_named_and_the_job_completes_wit
         strict = await wait_for(mesh, await submit(mesh, f"{THREE_GRANULES}&ignoreErrors=false"), ("failed",))
         assert BROKEN in strict["message"] and strict["progress"] < 100
         assert (await call("GET", f"{mesh.url}/stac/{strict['jobID']}/")).status_code == 409
+
+
+async def test_a_job_resumes_on_a_mesh_restarted_with_new_transformer_addresses(demo_dir: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"  # the job store and staging outlive both meshes
+    async with running_mesh(demo_dir, work) as first:
+        job_id = await submit(first, "maxResults=6")
+        await call("GET", f"{first.url}/jobs/{job_id}/pause")
+    async with running_mesh(demo_dir, work) as second:  # every service on new ports
+        assert second.transformer_address != first.transformer_address
+        assert (await call("GET", f"{second.url}/jobs/{job_id}/resume")).status_code == 302
+        job = await wait_for(second, job_id, ("successful", "complete_with_errors", "failed"))
+        assert (job["status"], job["numInputGranules"]) == ("successful", 6)
+        assert len([link for link in job["links"] if link["rel"] == "data"]) == 6
