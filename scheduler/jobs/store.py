@@ -16,7 +16,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Update, and_, delete, event, func, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from geomesh.errors import ConflictError, NotFoundError, RequestValidationError
@@ -143,7 +144,7 @@ class JobStore:
                 )
                 for granule_id, granule in new.work
             )
-            session.add_all(_link_row(job.job_id, link) for link in new.links)
+            session.add_all(LinkRow(**_link_values(job.job_id, link)) for link in new.links)
         return JobView(job, labels, [], [], len(new.links))
 
     async def get_job(self, caller: Caller, job_id: str, *, page: int = 1, limit: int = 2000) -> JobView:
@@ -208,11 +209,7 @@ class JobStore:
             check_move(current, new)
             _set_status(job, new)
             if new is JobStatus.CANCELED:
-                await session.execute(
-                    update(WorkItemRow)
-                    .where(WorkItemRow.job_id == job_id, WorkItemRow.status.in_(("ready", "running")))
-                    .values(status="canceled", lease_owner=None)
-                )
+                await _cancel_open_items(session, job_id)
             elif new in ACTIVE:
                 await _settle(session, job)  # everything may have finished while it was paused
             return job
@@ -285,37 +282,27 @@ class JobStore:
     async def complete(self, owner: str, item_id: int, link: NewLink) -> bool:
         """Record an item's output; False if the lease was lost (another scheduler owns the item now)."""
         async with self._sessions.begin() as session:
-            item, job = await self._leased(session, owner, item_id)
-            if item is None or job is None:
+            job = await self._end_lease(session, owner, item_id, status="successful")
+            if job is None:
                 return False
-            item.status, item.lease_owner = "successful", None
-            try:
-                async with session.begin_nested():
-                    session.add(_link_row(job.job_id, link))
-            except IntegrityError:
-                pass  # the same output was recorded before a crash lost the item's own update
+            # A crash between staging and this commit re-runs the item: the same output, recorded once.
+            await session.execute(_insert_link(session).values(**_link_values(job.job_id, link)).on_conflict_do_nothing())
             await _settle(session, job)
             return True
 
     async def fail(self, owner: str, item_id: int, *, url: str, message: str, retry_at: datetime | None) -> bool:
         """Retry the item later, or record the error (and fail the job unless it ignores errors)."""
         async with self._sessions.begin() as session:
-            item, job = await self._leased(session, owner, item_id)
-            if item is None or job is None:
-                return False
-            item.lease_owner = None
             if retry_at is not None:
-                item.status, item.next_attempt_at = "ready", retry_at
-                return True
-            item.status = "failed"
+                result = await session.execute(_held(owner, [item_id]).values(status="ready", lease_owner=None, next_attempt_at=retry_at))
+                return result.rowcount == 1
+            job = await self._end_lease(session, owner, item_id, status="failed")
+            if job is None:
+                return False
             session.add(ErrorRow(job_id=job.job_id, url=url, message=message))
             if not job.ignore_errors and JobStatus(job.status) not in TERMINAL:
                 _set_status(job, JobStatus.FAILED, message)
-                await session.execute(
-                    update(WorkItemRow)
-                    .where(WorkItemRow.job_id == job.job_id, WorkItemRow.status.in_(("ready", "running")))
-                    .values(status="canceled", lease_owner=None)
-                )
+                await _cancel_open_items(session, job.job_id)
                 return True
             if job.status == JobStatus.RUNNING:
                 _set_status(job, JobStatus.RUNNING_WITH_ERRORS)
@@ -358,15 +345,15 @@ class JobStore:
             raise NotFoundError(f"Unable to find job {job_id}")
         return job
 
-    async def _leased(self, session: AsyncSession, owner: str, item_id: int) -> tuple[WorkItemRow | None, JobRow | None]:
-        item = await session.get(WorkItemRow, item_id)
-        if item is None:
-            return None, None
-        job = await session.scalar(select(JobRow).where(JobRow.job_id == item.job_id).with_for_update())
-        await session.refresh(item, with_for_update=True)
-        if item.status != "running" or item.lease_owner != owner:
-            return None, None
-        return item, job
+    async def _end_lease(self, session: AsyncSession, owner: str, item_id: int, *, status: str) -> JobRow | None:
+        """Lock the item's job, then end the item's lease if owner still holds it (None if not).
+        Jobs are always locked before their items, the order cancel uses too."""
+        job_id = await session.scalar(select(WorkItemRow.job_id).where(WorkItemRow.id == item_id))
+        if job_id is None:
+            return None
+        job = await session.scalar(select(JobRow).where(JobRow.job_id == job_id).with_for_update())
+        ended = await session.execute(_held(owner, [item_id]).values(status=status, lease_owner=None))
+        return job if ended.rowcount == 1 else None
 
 
 def _held(owner: str, item_ids: Sequence[int]) -> Update:
@@ -376,10 +363,24 @@ def _held(owner: str, item_ids: Sequence[int]) -> Update:
     )
 
 
-def _link_row(job_id: str, link: NewLink) -> LinkRow:
-    return LinkRow(
+def _link_values(job_id: str, link: NewLink) -> dict[str, object]:
+    return dict(
         job_id=job_id, href=link.href, title=link.title, type=link.type,
         bbox=list(link.bbox) if link.bbox else None, time_start=link.time_start, time_end=link.time_end,
+    )
+
+
+def _insert_link(session: AsyncSession):  # type: ignore[no-untyped-def]
+    """INSERT with ON CONFLICT support, in the session's dialect."""
+    dialect = session.bind.dialect.name
+    return (postgresql_insert if dialect == "postgresql" else sqlite_insert)(LinkRow)
+
+
+async def _cancel_open_items(session: AsyncSession, job_id: str) -> None:
+    await session.execute(
+        update(WorkItemRow)
+        .where(WorkItemRow.job_id == job_id, WorkItemRow.status.in_(("ready", "running")))
+        .values(status="canceled", lease_owner=None)
     )
 
 
