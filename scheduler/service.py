@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from geomesh.errors import RequestValidationError
+from geomesh.errors import RequestValidationError, UnsupportedOperationError
 from geomesh.model import BBox, TimeRange
 from geomesh.rpc import REQUEST_ID_KEY, RunningServer, rpc_errors, start_server
 from geomesh.settings import SchedulerSettings
@@ -16,12 +16,14 @@ from geomesh.v1 import (
     request_pb2,
     scheduler_pb2,
     scheduler_pb2_grpc,
+    transformer_pb2,
     types_pb2,
 )
 from scheduler.dispatcher import Dispatcher
 from scheduler.jobs.messages import job_message
 from scheduler.jobs.states import JobStatus
 from scheduler.jobs.store import Caller, JobStore, NewJob, NewLink
+from scheduler.maps import PLAN_TTL_SECONDS, TtlCache, drawing_order, footprint, proj_crs
 from scheduler.planner import Plan, Planner, limit_message, work_item
 from scheduler.staging import LocalStaging
 from scheduler.transformer_pool import TransformerPool
@@ -51,6 +53,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.staging = staging
         self.dispatcher = dispatcher
         self.settings = settings
+        self._map_plans = TtlCache(PLAN_TTL_SECONDS)
 
     async def Execute(
         self, request: request_pb2.DataRequest, context: grpc.aio.ServicerContext
@@ -202,6 +205,47 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             )
             async for data in self.staging.read(job_id, request.path, request.offset):
                 yield scheduler_pb2.FetchResultResponse(data=data)
+
+
+    async def GetMap(
+        self, request: scheduler_pb2.MapRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[scheduler_pb2.ExecuteResponse]:
+        metadata = ((REQUEST_ID_KEY, request.request_id),)
+        with rpc_errors():
+            plan = await self._map_plan(request, metadata)
+            search = request_pb2.DataRequest(
+                collection=plan.request.collection, granule_ids=request.granule_ids, bbox=footprint(request.render).to_proto()
+            )
+            if request.HasField("temporal"):
+                search.temporal.CopyFrom(request.temporal)
+            _, granules = await self.planner.search(search, limit=self.settings.max_granules, metadata=metadata)
+            if not granules:
+                raise RequestValidationError("No granules cover the map's extent and time.")
+        render = transformer_pb2.RenderRequest()
+        render.CopyFrom(request.render)
+        render.request_id = request.request_id
+        render.crs = proj_crs(render.crs)
+        render.granules.extend(drawing_order(granules))
+        del render.variables[:]
+        render.variables.extend(plan.request.variables)
+        async for chunk in self.transformers.render(list(plan.match.service.addresses), render):
+            if chunk.WhichOneof("item") == "header":
+                yield scheduler_pb2.ExecuteResponse(header=chunk.header)
+            else:
+                yield scheduler_pb2.ExecuteResponse(data=chunk.data)
+
+    async def _map_plan(self, request: scheduler_pb2.MapRequest, metadata: tuple) -> Plan:
+        """The collection, variables and rendering service of a layer, remembered for a while."""
+        key = (request.collection, tuple(request.render.variables))
+        plan = self._map_plans.get(key)
+        if plan is None:
+            plan = await self.planner.plan(
+                request_pb2.DataRequest(collection=request.collection, variables=request.render.variables), metadata
+            )
+            if plan.direct_download:
+                raise UnsupportedOperationError(f"No service renders maps of {plan.request.collection}.")
+            self._map_plans.put(key, plan)
+        return plan  # type: ignore[return-value]
 
 
 def _require_user(request: request_pb2.DataRequest) -> None:

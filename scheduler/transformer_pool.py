@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
@@ -39,14 +39,24 @@ class TransformerPool:
         start = next(self._turns.setdefault(key, itertools.cycle(range(len(addresses)))))
         return addresses[start:] + addresses[:start]
 
-    async def transform(self, addresses: list[str], item: transformer_pb2.WorkItem) -> AsyncIterator[transformer_pb2.OutputChunk]:
-        """Stream one work item's output; an unreachable replica is skipped if nothing was received yet."""
+    def transform(self, addresses: list[str], item: transformer_pb2.WorkItem) -> AsyncIterator[transformer_pb2.OutputChunk]:
+        """Stream one work item's output."""
+        return self._stream(addresses, lambda stub: stub.Transform(item, metadata=((REQUEST_ID_KEY, item.request_id),)))
+
+    def render(self, addresses: list[str], request: transformer_pb2.RenderRequest) -> AsyncIterator[transformer_pb2.OutputChunk]:
+        """Stream a rendered map."""
+        return self._stream(addresses, lambda stub: stub.Render(request, metadata=((REQUEST_ID_KEY, request.request_id),)))
+
+    async def _stream(
+        self, addresses: list[str], start: Callable[[transformer_pb2_grpc.TransformerStub], grpc.aio.UnaryStreamCall]
+    ) -> AsyncIterator[transformer_pb2.OutputChunk]:
+        """An unreachable replica is skipped if nothing was received from it yet."""
         last_error: Exception | None = None
         for address in self._order(addresses):
             replica = self._replica(address)
             received = False
             async with replica.slots:
-                call = replica.stub.Transform(item, metadata=((REQUEST_ID_KEY, item.request_id),))
+                call = start(replica.stub)
                 try:
                     async for chunk in call:
                         received = True

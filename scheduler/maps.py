@@ -1,0 +1,70 @@
+"""WMS maps: which granules to draw for an extent and time, and in what order."""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+from pyproj import CRS, Transformer
+from pyproj.exceptions import CRSError
+
+from geomesh.errors import RequestValidationError
+from geomesh.model import BBox
+from geomesh.v1 import transformer_pb2, types_pb2
+
+# A map draws at most this many granules, the newest ones: older ones lie underneath anyway,
+# and a map must come back in milliseconds.
+MAX_MAP_GRANULES = 16
+PLAN_TTL_SECONDS = 30.0
+
+
+# WMS names that PROJ spells differently.
+_WMS_CRS = {"CRS:84": "OGC:CRS84", "CRS:83": "OGC:CRS83", "CRS:27": "OGC:CRS27"}
+
+
+def proj_crs(crs: str) -> str:
+    """The CRS as PROJ reads it (the transformer receives this spelling)."""
+    return _WMS_CRS.get(crs.strip().upper(), crs.strip())
+
+
+@lru_cache(maxsize=64)
+def _to_wgs84(crs: str) -> Transformer:
+    try:
+        return Transformer.from_crs(CRS.from_user_input(crs), CRS.from_epsg(4326), always_xy=True)
+    except CRSError as error:
+        raise RequestValidationError(f"The map's CRS {crs} could not be read: {error}") from None
+
+
+def footprint(render: transformer_pb2.RenderRequest) -> BBox:
+    """The map's extent in WGS84 degrees, clipped to the globe, for the granule search."""
+    if not (render.min_x < render.max_x and render.min_y < render.max_y):
+        raise RequestValidationError("The map's extent must have min_x < max_x and min_y < max_y")
+    west, south, east, north = _to_wgs84(proj_crs(render.crs)).transform_bounds(
+        render.min_x, render.min_y, render.max_x, render.max_y, densify_pts=8
+    )
+    return BBox(max(west, -180.0), max(south, -90.0), min(east, 180.0), min(north, 90.0))
+
+
+def drawing_order(granules: list[types_pb2.Granule]) -> list[types_pb2.Granule]:
+    """The newest MAX_MAP_GRANULES, oldest first, so the newest is painted last, on top."""
+    newest = sorted(granules, key=lambda g: (g.temporal.start.seconds, g.temporal.start.nanos), reverse=True)
+    return list(reversed(newest[:MAX_MAP_GRANULES]))
+
+
+class TtlCache:
+    """A few recent answers, each kept for a while (the plan of a map layer changes rarely)."""
+
+    def __init__(self, ttl: float, size: int = 256) -> None:
+        self.ttl, self.size = ttl, size
+        self._entries: dict[object, tuple[float, object]] = {}
+
+    def get(self, key: object) -> object | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, key: object, value: object) -> None:
+        if len(self._entries) >= self.size:
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = (time.monotonic() + self.ttl, value)
