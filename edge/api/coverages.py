@@ -97,10 +97,16 @@ def _accepted(request: web.Request) -> list[str]:
 
 
 async def _relay(request: web.Request, data_request: request_pb2.DataRequest) -> web.StreamResponse:
-    """Write the scheduler's stream to the client as it arrives: headers on the first message."""
     call = request.app[CLIENTS].scheduler.Execute(
         data_request, metadata=((REQUEST_ID_KEY, data_request.request_id),)
     )
+    return await relay(request, call, data_request.request_id)
+
+
+async def relay(
+    request: web.Request, call: grpc.aio.UnaryStreamCall, request_id: str
+) -> web.StreamResponse:
+    """Write a scheduler stream (Execute, GetMap) to the client as it arrives: headers on the first message."""
     response: web.StreamResponse | None = None
     try:
         async for message in call:
@@ -113,7 +119,7 @@ async def _relay(request: web.Request, data_request: request_pb2.DataRequest) ->
                     headers={
                         "Content-Type": header.media_type,
                         "Content-Disposition": f'inline; filename="{header.file_name}"',
-                        "X-Request-Id": data_request.request_id,
+                        "X-Request-Id": request_id,
                     }
                 )
                 response.enable_chunked_encoding()
@@ -124,7 +130,7 @@ async def _relay(request: web.Request, data_request: request_pb2.DataRequest) ->
         error = from_rpc_error(rpc_error)
         if response is None:
             raise error from None
-        _abort(request, data_request, error)
+        _abort(request, request_id, error)
         return response
     finally:
         call.cancel()
@@ -143,8 +149,8 @@ def _job_response(request: web.Request, job: scheduler_pb2.Job) -> web.Response:
     return web.json_response(body)
 
 
-def _abort(request: web.Request, data_request: request_pb2.DataRequest, error: GeomeshError) -> None:
+def _abort(request: web.Request, request_id: str, error: GeomeshError) -> None:
     # Headers are gone: the only honest signal left is to cut the chunked body short.
-    log.warning("request %s failed mid-stream: %s", data_request.request_id, error.message)
+    log.warning("request %s failed mid-stream: %s", request_id, error.message)
     if request.transport is not None:
         request.transport.close()
