@@ -50,9 +50,15 @@ class Dispatcher:
         self._running: dict[int, tuple[str, asyncio.Task[None]]] = {}  # item id -> (job id, task)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # Finished outputs waiting to be recorded; the recorder commits whatever has gathered.
+        self._outputs: asyncio.Queue[tuple[int, NewLink, asyncio.Future[bool]]] = asyncio.Queue()
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._lease_loop()), asyncio.create_task(self._renew_loop())]
+        self._tasks = [
+            asyncio.create_task(self._lease_loop()),
+            asyncio.create_task(self._renew_loop()),
+            asyncio.create_task(self._record_loop()),
+        ]
 
     def wake(self) -> None:
         """New or resumed work: look for it now rather than at the next poll."""
@@ -122,8 +128,32 @@ class Dispatcher:
         except Exception as error:
             await self._failed(lease, granule, error)
             return
-        recorded = await self.store.complete(self.owner, lease.item_id, link)
-        WORK_ITEMS_FINISHED.labels("successful" if recorded else "lost").inc()
+        recorded: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._outputs.put_nowait((lease.item_id, link, recorded))
+        # The item keeps its slot (and its lease renewed) until its output is committed.
+        try:
+            kept = await recorded
+        except Exception:  # logged by the recorder; the lease runs out and the item runs again
+            kept = False
+        WORK_ITEMS_FINISHED.labels("successful" if kept else "lost").inc()
+
+    async def _record_loop(self) -> None:
+        """Commit finished outputs in batches: one transaction for all that finished meanwhile."""
+        while True:
+            batch = [await self._outputs.get()]
+            while not self._outputs.empty() and len(batch) < 64:
+                batch.append(self._outputs.get_nowait())
+            try:
+                recorded = await self.store.complete_many(self.owner, [(item_id, link) for item_id, link, _ in batch])
+            except Exception as error:  # the database may be restarting: the leases run out, items run again
+                log.exception("recording %d outputs failed", len(batch))
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for item_id, _, future in batch:
+                if not future.done():
+                    future.set_result(item_id in recorded)
 
     async def _transform(self, lease: Lease, granule: types_pb2.Granule) -> NewLink:
         request = request_pb2.DataRequest.FromString(lease.data_request)

@@ -281,14 +281,32 @@ class JobStore:
 
     async def complete(self, owner: str, item_id: int, link: NewLink) -> bool:
         """Record an item's output; False if the lease was lost (another scheduler owns the item now)."""
+        return item_id in await self.complete_many(owner, [(item_id, link)])
+
+    async def complete_many(self, owner: str, done: Sequence[tuple[int, NewLink]]) -> set[int]:
+        """Record several items' outputs in one transaction; the ids whose lease owner still held."""
+        links = dict(done)
+        recorded: set[int] = set()
         async with self._sessions.begin() as session:
-            job = await self._end_lease(session, owner, item_id, status="successful")
-            if job is None:
-                return False
-            # A crash between staging and this commit re-runs the item: the same output, recorded once.
-            await session.execute(_insert_link(session).values(**_link_values(job.job_id, link)).on_conflict_do_nothing())
-            await _settle(session, job)
-            return True
+            rows = await session.execute(select(WorkItemRow.id, WorkItemRow.job_id).where(WorkItemRow.id.in_(list(links))))
+            by_job: dict[str, list[int]] = {}
+            for item_id, job_id in rows:
+                by_job.setdefault(job_id, []).append(item_id)
+            for job_id in sorted(by_job):  # one lock order for every batch: no deadlocks between schedulers
+                job = await session.scalar(select(JobRow).where(JobRow.job_id == job_id).with_for_update())
+                ended = await session.execute(
+                    _held(owner, by_job[job_id]).values(status="successful", lease_owner=None).returning(WorkItemRow.id)
+                )
+                ids = set(ended.scalars())
+                if ids:
+                    # A crash between staging and commit re-runs an item: the same output, recorded once.
+                    await session.execute(
+                        _insert_link(session).on_conflict_do_nothing(), [_link_values(job_id, links[i]) for i in sorted(ids)]
+                    )
+                if job is not None:
+                    await _settle(session, job)
+                recorded |= ids
+        return recorded
 
     async def fail(self, owner: str, item_id: int, *, url: str, message: str, retry_at: datetime | None) -> bool:
         """Retry the item later, or record the error (and fail the job unless it ignores errors)."""
