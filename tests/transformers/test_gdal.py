@@ -147,7 +147,7 @@ async def test_describe(stub: transformer_pb2_grpc.TransformerStub) -> None:
     info = await stub.Describe(transformer_pb2.DescribeRequest(), timeout=5)
     assert info.family == "gdal"
     assert list(info.output_formats) == ["image/tiff", "image/png"]
-    assert list(info.operations) == ["variable_subset", "bbox_subset"]
+    assert list(info.operations) == ["variable_subset", "bbox_subset", "render"]
 
 
 async def test_variable_subset(stub: transformer_pb2_grpc.TransformerStub, global_tif: Path) -> None:

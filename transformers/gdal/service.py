@@ -2,6 +2,7 @@
 
 Raster work runs on a bounded thread pool so the event loop only relays bytes; the output is
 streamed from a scratch file in chunk_bytes pieces and deleted whatever happens to the call.
+A rendered map (Render) is small, so it is kept in memory instead.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import math
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,12 +23,18 @@ from geomesh.model import BBox, TimeRange, optional_bbox, optional_time
 from geomesh.rpc import RunningServer, start_server
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import transformer_pb2, transformer_pb2_grpc
+from transformers.gdal import encode
 from transformers.gdal.datasets import DatasetPool
+from transformers.gdal.grid import map_crs
+from transformers.gdal.render import MapGranule, Rendered, RenderSpec, render
 from transformers.gdal.subset import EXTENSIONS, SubsetRequest, SubsetResult, output_format, subset
 
 SERVICE = "transformer-gdal"
 SERVICE_NAME = "geomesh.v1.Transformer"
-OPERATIONS = ["variable_subset", "bbox_subset"]
+OPERATIONS = ["variable_subset", "bbox_subset", "render"]
+# A map's largest side in pixels (WMS MaxWidth/MaxHeight).
+MAX_MAP_SIDE = 4096
+_BGCOLOR = re.compile(r"(?:0x|#)?([0-9a-f]{6})", re.IGNORECASE)
 
 
 def subset_request(item: transformer_pb2.WorkItem) -> SubsetRequest:
@@ -69,8 +78,62 @@ def _refuse_unsupported(item: transformer_pb2.WorkItem) -> None:
         )
 
 
+def render_spec(request: transformer_pb2.RenderRequest) -> RenderSpec:
+    """The RenderRequest in domain terms, checked: what needs the files (variable names) is checked later."""
+    for name, size in (("width", request.width), ("height", request.height)):
+        if not 1 <= size <= MAX_MAP_SIDE:
+            raise RequestValidationError(f"The map's {name} must be 1 to {MAX_MAP_SIDE} pixels, not {size}.")
+    media_type = request.format.split(";", 1)[0].strip().lower() or encode.PNG
+    if media_type not in encode.EXTENSIONS:
+        raise UnsupportedOperationError(
+            f"The gdal transformer cannot draw a map as {request.format!r}; it draws these formats: "
+            + ", ".join(encode.EXTENSIONS) + "."
+        )
+    if request.style.strip().lower() not in ("", "default"):
+        raise RequestValidationError(f"Style {request.style!r} is not defined: maps have only the default style.")
+    if len(request.variables) not in (0, 1, 3):
+        raise RequestValidationError(
+            f"A map draws one variable (on a colour ramp) or three (red, green, blue), not {len(request.variables)}: "
+            + ", ".join(request.variables) + "."
+        )
+    if not request.crs.strip():
+        raise RequestValidationError("The map request names no CRS.")
+    map_crs(request.crs)  # RequestValidationError if unreadable
+    bounds = (request.min_x, request.min_y, request.max_x, request.max_y)
+    if not (all(math.isfinite(value) for value in bounds) and bounds[0] < bounds[2] and bounds[1] < bounds[3]):
+        raise RequestValidationError(
+            "The map's extent must be finite with min_x < max_x and min_y < max_y; got " + ",".join(map(str, bounds)) + "."
+        )
+    granules = []
+    for granule in request.granules:
+        if not granule.links:
+            raise TransformError(f"Granule {granule.id} has no data link to read.")
+        granules.append(MapGranule(granule.id, granule.links[0].href, optional_bbox(granule)))
+    return RenderSpec(
+        granules=tuple(granules),
+        variables=tuple(request.variables),
+        crs=request.crs,
+        bounds=bounds,
+        width=request.width,
+        height=request.height,
+        media_type=media_type,
+        transparent=request.transparent,
+        background=_background(request.bgcolor),
+    )
+
+
+def _background(bgcolor: str) -> tuple[int, int, int]:
+    if not bgcolor.strip():
+        return (255, 255, 255)
+    match = _BGCOLOR.fullmatch(bgcolor.strip())
+    if match is None:
+        raise RequestValidationError(f"The map's background colour {bgcolor!r} is not of the form 0xRRGGBB.")
+    value = int(match.group(1), 16)
+    return (value >> 16, (value >> 8) & 0xFF, value & 0xFF)
+
+
 class GdalTransformer(transformer_pb2_grpc.TransformerServicer):
-    """Serves Describe and Transform; owns the worker threads and the open-dataset pool."""
+    """Serves Describe, Transform and Render; owns the worker threads and the open-dataset pool."""
 
     def __init__(self, settings: TransformerSettings) -> None:
         self._settings = settings
@@ -99,6 +162,27 @@ class GdalTransformer(transformer_pb2_grpc.TransformerServicer):
                     yield transformer_pb2.OutputChunk(data=chunk)
         finally:
             result.path.unlink(missing_ok=True)
+
+    async def Render(
+        self, request: transformer_pb2.RenderRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[transformer_pb2.OutputChunk]:
+        spec = render_spec(request)
+        # Cancelling the wait (the caller left) also cancels a render that has not started.
+        rendered: Rendered = await asyncio.wrap_future(self._executor.submit(render, spec, self._pool))
+        content = rendered.content
+        yield transformer_pb2.OutputChunk(
+            header=transformer_pb2.OutputHeader(
+                file_name=rendered.file_name,
+                media_type=rendered.media_type,
+                bbox=rendered.bbox.to_proto(),
+                size_bytes=len(content),
+            )
+        )
+        step = self._settings.chunk_bytes
+        for start in range(0, len(content), step):
+            chunk = content[start : start + step]  # the whole bytes object itself when it fits in one
+            self._output_bytes.inc(len(chunk))
+            yield transformer_pb2.OutputChunk(data=chunk)
 
     async def _run(self, work: SubsetRequest) -> SubsetResult:
         """Subset on a worker thread; if the caller goes away first, the output is deleted when done."""
