@@ -8,6 +8,7 @@ ElementTree parse the document instead, and the element order the schema imposes
 from __future__ import annotations
 
 import asyncio
+import warnings
 import xml.etree.ElementTree as ET
 from urllib.parse import urlencode
 
@@ -16,6 +17,7 @@ import pytest
 import rasterio
 from owslib.util import ServiceException
 from owslib.wms import WebMapService
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 from rasterio.windows import from_bounds
 
@@ -46,8 +48,10 @@ def map_query(**overrides: str | None) -> str:
 
 
 def read_image(body: bytes) -> np.ndarray:
-    with MemoryFile(body) as memory, memory.open() as dataset:
-        return dataset.read()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a map image carries no georeferencing
+        with MemoryFile(body) as memory, memory.open() as dataset:
+            return dataset.read()
 
 
 def pixel(image: np.ndarray, lon: float, lat: float, bbox: tuple[float, float, float, float]) -> np.ndarray:
@@ -206,17 +210,24 @@ async def test_time_and_granule_id_choose_what_is_drawn(mesh: Mesh) -> None:
 
 
 async def test_gdal_wms_driver_reads_a_window(mesh: Mesh) -> None:
-    url = f"WMS:{wms_url(mesh)}?{map_query(transparent=None, width=None, height=None, styles=None)}"
+    # GDAL reads the GetMap URL's values as written: commas and colons must not be percent-encoded.
+    url = (f"WMS:{wms_url(mesh)}?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS={HARMONY_EXAMPLE}"
+           "&CRS=EPSG:4326&BBOX=-90,-180,90,180&FORMAT=image/png")
 
-    def read() -> tuple[int, np.ndarray]:
+    def read() -> tuple[np.ndarray, np.ndarray]:
         with rasterio.open(url) as dataset:
-            window = from_bounds(10, -10, 30, 10, dataset.transform)  # around the Congo
-            return dataset.count, dataset.read(window=window, out_shape=(dataset.count, 40, 40))
+            assert dataset.crs.to_epsg() == 4326 and dataset.bounds == (-180, -90, 180, 90)
 
-    count, block = await asyncio.to_thread(read)
-    assert count >= 3
-    assert block.shape == (count, 40, 40)
-    assert block[:3].max() > 0  # land colour, not the white or black of no data only
+            def window(west: float, south: float, east: float, north: float) -> np.ndarray:
+                box = from_bounds(west, south, east, north, dataset.transform)
+                return dataset.read(window=box, out_shape=(dataset.count, 40, 40))
+
+            return window(10, -10, 30, 10), window(-150, -10, -130, 10)  # the Congo, the Pacific
+
+    congo, pacific = await asyncio.to_thread(read)
+    # Opaque map: land in its colour, everything else the white BGCOLOR default.
+    assert (congo != 255).any(axis=0).mean() > 0.5
+    assert (pacific != 255).any(axis=0).mean() < 0.05
 
 
 # --- Exceptions ------------------------------------------------------------------------------
