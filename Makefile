@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test bench bench-jobs install clean
+.PHONY: up test bench bench-jobs bench-wms install clean
 
 $(BIN)/geomesh: pyproject.toml setup.py $(wildcard protos/geomesh/v1/*.proto)
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,19 @@ bench: install
 
 bench-jobs: install  ## a 177-granule async job vs a multiprocess rasterio loop
 	$(BIN)/python benchmarks/job_throughput.py
+
+MAPSERVER_PACKAGES := cgi-mapserver mapserver-bin lighttpd
+
+bench-wms: install  ## WMS GetMap through the mesh vs MapServer 8 (FastCGI behind lighttpd)
+	@if ! command -v mapserv >/dev/null || ! PATH="$$PATH:/usr/sbin:/sbin" command -v lighttpd >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing $(MAPSERVER_PACKAGES) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(MAPSERVER_PACKAGES); \
+	  else \
+	    echo "mapserv or lighttpd missing: as root, apt-get install -y $(MAPSERVER_PACKAGES)"; \
+	  fi; \
+	fi
+	$(BIN)/python benchmarks/wms_getmap.py
 
 clean:
 	rm -rf $(VENV) .data build *.egg-info geomesh/v1/*_pb2*.py geomesh/v1/*_pb2*.pyi
