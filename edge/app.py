@@ -41,6 +41,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=16 * 1024 * 1024)
     app[SETTINGS] = settings
     auth.install(app)
+    wms.install(app)
     app.cleanup_ctx.append(grpc_clients)
     app.router.add_get("/metrics", metrics)
     # The rangeset route must come before /collections/{id}, whose pattern would also match it.

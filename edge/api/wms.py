@@ -12,7 +12,6 @@ import logging
 import math
 import time
 import uuid
-import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -64,8 +63,12 @@ class MapSource:
     renderable: bool                    # a service exists for the collection
 
 
-# Per app (so two test edges never share one); a weak key, because the app cannot gain state once started.
-_CACHES: weakref.WeakKeyDictionary[web.Application, dict[str, tuple[float, MapSource]]] = weakref.WeakKeyDictionary()
+# Collection id -> (expiry, source); one per app, made by install() before the app starts.
+SOURCES = web.AppKey("wms_sources", dict)
+
+
+def install(app: web.Application) -> None:
+    app[SOURCES] = {}
 
 
 @routes.get("/{collectionId}/wms")
@@ -235,7 +238,7 @@ def _not_rendered(source: MapSource) -> WmsError:
 
 async def _source(request: web.Request) -> MapSource:
     key = request.match_info["collectionId"]
-    cache = _CACHES.setdefault(request.app, {})
+    cache = request.app[SOURCES]
     cached = cache.get(key)
     if cached is not None and cached[0] > time.monotonic():
         return cached[1]
