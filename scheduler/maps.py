@@ -9,13 +9,16 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 
 from geomesh.errors import RequestValidationError
-from geomesh.model import BBox
-from geomesh.v1 import transformer_pb2, types_pb2
+from geomesh.model import BBox, TimeRange, optional_bbox, optional_time
+from geomesh.v1 import request_pb2, transformer_pb2, types_pb2
 
 # A map draws at most this many granules, the newest ones: older ones lie underneath anyway,
 # and a map must come back in milliseconds.
 MAX_MAP_GRANULES = 16
 PLAN_TTL_SECONDS = 30.0
+# Collections with at most this many granules are listed once (per PLAN_TTL_SECONDS) for maps.
+MAP_CATALOG_LIMIT = 5000
+TOO_MANY = object()
 
 
 # WMS names that PROJ spells differently.
@@ -43,6 +46,20 @@ def footprint(render: transformer_pb2.RenderRequest) -> BBox:
         render.min_x, render.min_y, render.max_x, render.max_y, densify_pts=8
     )
     return BBox(max(west, -180.0), max(south, -90.0), min(east, 180.0), min(north, 90.0))
+
+
+def covering(granules: list[types_pb2.Granule], search: request_pb2.DataRequest) -> list[types_pb2.Granule]:
+    """The granules a search would find: ids, extent and time, as the catalog matches them."""
+    wanted_ids = set(search.granule_ids)
+    bbox = optional_bbox(search)
+    temporal = optional_time(search)
+    return [
+        granule
+        for granule in granules
+        if (not wanted_ids or granule.id in wanted_ids)
+        and (bbox is None or not granule.HasField("bbox") or bbox.intersects(BBox.from_proto(granule.bbox)))
+        and (temporal is None or not granule.HasField("temporal") or temporal.intersects(TimeRange.from_proto(granule.temporal)))
+    ]
 
 
 def drawing_order(granules: list[types_pb2.Granule]) -> list[types_pb2.Granule]:

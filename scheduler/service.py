@@ -23,7 +23,16 @@ from scheduler.dispatcher import Dispatcher
 from scheduler.jobs.messages import job_message
 from scheduler.jobs.states import JobStatus
 from scheduler.jobs.store import Caller, JobStore, NewJob, NewLink
-from scheduler.maps import PLAN_TTL_SECONDS, TtlCache, drawing_order, footprint, proj_crs
+from scheduler.maps import (
+    MAP_CATALOG_LIMIT,
+    PLAN_TTL_SECONDS,
+    TOO_MANY,
+    TtlCache,
+    covering,
+    drawing_order,
+    footprint,
+    proj_crs,
+)
 from scheduler.planner import Plan, Planner, limit_message, work_item
 from scheduler.staging import LocalStaging
 from scheduler.transformer_pool import TransformerPool
@@ -54,6 +63,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.dispatcher = dispatcher
         self.settings = settings
         self._map_plans = TtlCache(PLAN_TTL_SECONDS)
+        self._map_catalogs = TtlCache(PLAN_TTL_SECONDS)
 
     async def Execute(
         self, request: request_pb2.DataRequest, context: grpc.aio.ServicerContext
@@ -218,9 +228,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             )
             if request.HasField("temporal"):
                 search.temporal.CopyFrom(request.temporal)
-            _, granules = await self.planner.search(search, limit=self.settings.max_granules, metadata=metadata)
-            if not granules:
-                raise RequestValidationError("No granules cover the map's extent and time.")
+            granules = await self._map_granules(search, metadata)
+        # No granule there: a blank map (background or transparent), as WMS clients expect.
         render = transformer_pb2.RenderRequest()
         render.CopyFrom(request.render)
         render.request_id = request.request_id
@@ -233,6 +242,20 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 yield scheduler_pb2.ExecuteResponse(header=chunk.header)
             else:
                 yield scheduler_pb2.ExecuteResponse(data=chunk.data)
+
+    async def _map_granules(self, search: request_pb2.DataRequest, metadata: tuple) -> list[types_pb2.Granule]:
+        """The granules a map covers. A collection small enough is listed once and filtered here,
+        which spares every map tile a catalog search; a large one is searched each time."""
+        listed = self._map_catalogs.get(search.collection)
+        if listed is None:
+            hits, granules = await self.planner.search(
+                request_pb2.DataRequest(collection=search.collection), limit=MAP_CATALOG_LIMIT, metadata=metadata
+            )
+            listed = granules if hits <= MAP_CATALOG_LIMIT else TOO_MANY
+            self._map_catalogs.put(search.collection, listed)
+        if listed is TOO_MANY:
+            return (await self.planner.search(search, limit=self.settings.max_granules, metadata=metadata))[1]
+        return covering(listed, search)  # type: ignore[arg-type]
 
     async def _map_plan(self, request: scheduler_pb2.MapRequest, metadata: tuple) -> Plan:
         """The collection, variables and rendering service of a layer, remembered for a while."""
