@@ -1,21 +1,21 @@
 """A map's pixel grid, and where its pixel centres fall in a source raster's CRS.
 
-Projecting every pixel centre through PROJ costs ~70 ns a point (about 5 ms for a 256x256 tile,
-more than the rest of a render), so the usual cases are made cheap: the same CRS needs no
+Projecting every pixel centre through PROJ costs 70-500 ns a point (5-30 ms for a 256x256
+tile, more than the rest of a render), so the usual cases are made cheap: the same CRS needs no
 projection; a projection that keeps columns and rows apart (geographic <-> Web Mercator, say)
-needs one row and one column; anything else is projected on a coarse lattice and interpolated,
-after checking the interpolation against exact points between the lattice's.
-"""
+needs one row and one column; anything else is projected on a lattice every _STEP pixels and
+interpolated, and the lattice cells where that misses (seams, poles) are projected point by point."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import pyproj
 from affine import Affine
-from pyproj.exceptions import CRSError
+from pyproj.exceptions import CRSError, ProjError
 
 from geomesh.errors import RequestValidationError
 from geomesh.model import BBox
@@ -73,9 +73,18 @@ class MapGrid:
         return xs, ys
 
     def wgs84_bounds(self) -> BBox:
-        """The map's extent in WGS84 degrees (west > east when it crosses the antimeridian)."""
-        to_wgs84 = _transformer(self.crs, "EPSG:4326")
-        west, south, east, north = to_wgs84.transform_bounds(*self.bounds, densify_pts=21)
+        """The map's extent in WGS84 degrees (west > east when it crosses the antimeridian).
+
+        The whole globe when an edge of the map lies off the Earth (a world map in Robinson, say):
+        the extent is only used to skip granules and to label the output.
+        """
+        try:
+            to_wgs84 = _transformer(self.crs, "EPSG:4326")
+            west, south, east, north = to_wgs84.transform_bounds(*self.bounds, densify_pts=21)
+        except ProjError:
+            west = south = east = north = math.inf
+        if not all(math.isfinite(value) for value in (west, south, east, north)):
+            return BBox(-180.0, -90.0, 180.0, 90.0)
         return BBox(west, max(south, -90.0), east, min(north, 90.0))
 
     def source_coordinates(self, source_wkt: str) -> Coordinates:
@@ -84,14 +93,15 @@ class MapGrid:
         if _same_crs(self.crs, source_wkt):
             return xs[None, :], ys[:, None]
         project = _transformer(self.crs, source_wkt).transform
+        probe_rows, probe_cols = _probe(self.height), _probe(self.width)
+        if _separable(*project(*np.meshgrid(xs[probe_cols], ys[probe_rows]))):
+            middle_x = np.full(self.height, xs[self.width // 2])
+            middle_y = np.full(self.width, ys[self.height // 2])
+            return project(xs, middle_y)[0][None, :], project(middle_x, ys)[1][:, None]
         if self.width * self.height <= _EXACT_PIXELS or min(self.width, self.height) < 2 * _STEP:
             return _exact(project, xs, ys)
         rows, cols = _knots(self.height), _knots(self.width)
         lattice_x, lattice_y = project(*np.meshgrid(xs[cols], ys[rows]))
-        if _separable(lattice_x, lattice_y):
-            middle_x = np.full(self.height, xs[self.width // 2])
-            middle_y = np.full(self.width, ys[self.height // 2])
-            return project(xs, middle_y)[0][None, :], project(middle_x, ys)[1][:, None]
         # Points with no image (off the projection's domain) are zeroed here, and their cells
         # projected exactly below.
         missing = ~(np.isfinite(lattice_x) & np.isfinite(lattice_y))
@@ -117,8 +127,13 @@ def _knots(size: int) -> np.ndarray:
     return np.unique(np.r_[np.arange(0, size, _STEP), size - 1])
 
 
+def _probe(size: int) -> np.ndarray:
+    """A few positions along an axis, ends included, to test the projection's shape on."""
+    return np.unique(np.linspace(0, size - 1, 5).round().astype(np.intp))
+
+
 def _separable(lattice_x: np.ndarray, lattice_y: np.ndarray) -> bool:
-    """Whether x is the same down every column and y the same along every row of the lattice."""
+    """Whether x is the same down every column and y the same along every row of a grid of points."""
     if not (np.isfinite(lattice_x).all() and np.isfinite(lattice_y).all()):
         return False
     tolerance = 1e-9 * max(np.ptp(lattice_x), np.ptp(lattice_y), 1e-12)
@@ -168,8 +183,9 @@ def _rough_cells(
         error_x, error_y = source_x[centres] - exact_x, source_y[centres] - exact_y
         # Source units per map pixel across and down each cell (from its top and left edges):
         # solving with them turns the error into map pixels, whatever the source's units.
-        across_x, across_y = (np.diff(lattice, axis=1)[:-1] / np.diff(cols) for lattice in (lattice_x, lattice_y))
-        down_x, down_y = (np.diff(lattice, axis=0)[:, :-1] / np.diff(rows)[:, None] for lattice in (lattice_x, lattice_y))
+        lattices = (lattice_x, lattice_y)
+        across_x, across_y = (np.diff(lattice, axis=1)[:-1] / np.diff(cols) for lattice in lattices)
+        down_x, down_y = (np.diff(lattice, axis=0)[:, :-1] / np.diff(rows)[:, None] for lattice in lattices)
         determinant = across_x * down_y - across_y * down_x
         error_cols = (error_x * down_y - error_y * down_x) / determinant
         error_rows = (across_x * error_y - across_y * error_x) / determinant

@@ -244,7 +244,8 @@ def _ramp() -> np.ndarray:
     stops = np.array([[int(hex_[i : i + 2], 16) for i in (0, 2, 4)] for hex_ in _RAMP_STOPS], dtype=np.float64)
     positions = np.linspace(0, 255, len(stops))
     levels = np.arange(256)
-    return np.stack([np.interp(levels, positions, stops[:, channel]) for channel in range(3)], axis=1).round().astype(np.uint8)
+    channels = [np.interp(levels, positions, stops[:, channel]) for channel in range(3)]
+    return np.stack(channels, axis=1).round().astype(np.uint8)
 
 
 _ranges: dict[tuple[str, object, int], tuple[float, float]] = {}

@@ -102,7 +102,8 @@ def render_spec(request: transformer_pb2.RenderRequest) -> RenderSpec:
     bounds = (request.min_x, request.min_y, request.max_x, request.max_y)
     if not (all(math.isfinite(value) for value in bounds) and bounds[0] < bounds[2] and bounds[1] < bounds[3]):
         raise RequestValidationError(
-            "The map's extent must be finite with min_x < max_x and min_y < max_y; got " + ",".join(map(str, bounds)) + "."
+            "The map's extent must be finite with min_x < max_x and min_y < max_y; got "
+            + ",".join(map(str, bounds)) + "."
         )
     granules = []
     for granule in request.granules:
