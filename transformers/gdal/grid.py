@@ -9,6 +9,7 @@ interpolated, and the lattice cells where that misses (seams, poles) are project
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -33,6 +34,8 @@ _WMS_CRS = {"CRS:84": "OGC:CRS84", "CRS:83": "OGC:CRS83", "CRS:27": "OGC:CRS27"}
 # x and y of pixel centres in a source CRS, broadcasting to (height, width): shapes (1, width)
 # and (height, 1) say that x depends on the column only and y on the row only.
 Coordinates = tuple[np.ndarray, np.ndarray]
+# A pyproj Transformer's transform: x and y arrays in, x and y arrays out.
+Project = Callable[[np.ndarray, np.ndarray], Coordinates]
 
 
 @lru_cache(maxsize=64)
@@ -118,8 +121,8 @@ class MapGrid:
         return source_x, source_y
 
 
-def _exact(project: object, xs: np.ndarray, ys: np.ndarray) -> Coordinates:
-    return project(*np.meshgrid(xs, ys))  # type: ignore[operator]
+def _exact(project: Project, xs: np.ndarray, ys: np.ndarray) -> Coordinates:
+    return project(*np.meshgrid(xs, ys))
 
 
 def _knots(size: int) -> np.ndarray:
@@ -163,7 +166,7 @@ class _Segments:
 
 
 def _rough_cells(
-    project: object,
+    project: Project,
     xs: np.ndarray,
     ys: np.ndarray,
     rows: np.ndarray,
@@ -177,7 +180,7 @@ def _rough_cells(
     than _TOLERANCE map pixels (across a seam such as the antimeridian, near a pole)."""
     middle_rows = (rows[:-1] + rows[1:]) // 2
     middle_cols = (cols[:-1] + cols[1:]) // 2
-    exact_x, exact_y = project(*np.meshgrid(xs[middle_cols], ys[middle_rows]))  # type: ignore[operator]
+    exact_x, exact_y = project(*np.meshgrid(xs[middle_cols], ys[middle_rows]))
     centres = np.ix_(middle_rows, middle_cols)
     with np.errstate(invalid="ignore", divide="ignore"):
         error_x, error_y = source_x[centres] - exact_x, source_y[centres] - exact_y
