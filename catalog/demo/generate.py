@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, Resampling
 from rasterio.transform import Affine
 
 from catalog.demo import atl08
@@ -162,6 +162,10 @@ def write_granule(granule: DemoGranule, path: Path) -> Path:
             dst.set_band_description(i, name)
         hue = hue_of(granule.hex_color)
         dst.update_tags(HARMONY_HEX_COLOR=granule.hex_color, HARMONY_HUE=f"{hue:.6f}")
+        # Overviews let maps of the global granules (WMS) read a few hundred pixels, not 6.5 million;
+        # the smaller continental grids are cheap to read whole and skip them (demo generation time).
+        if min(width, height) >= 1024:
+            dst.build_overviews([2, 4, 8, 16], Resampling.nearest)
     os.replace(tmp, path)
     return path
 

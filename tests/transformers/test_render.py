@@ -130,11 +130,13 @@ async def test_png_of_the_world_is_the_source_sampled_at_pixel_centres(
     pixels, facts = decode(content)
     assert facts["driver"] == "PNG" and pixels.shape == (3, 256, 512)
 
-    # Nearest neighbour at each map pixel's centre: 0.703125 degree pixels over 0.1 degree ones.
-    with rasterio.open(granules["001_00_7f00ff_global"].links[0].href.removeprefix("file://")) as src:
+    # Nearest neighbour at each map pixel's centre, read from the finest overview still no coarser
+    # than the map: 0.703125 degree map pixels over the 4x overview's 0.4 degree ones.
+    with rasterio.open(granules["001_00_7f00ff_global"].links[0].href.removeprefix("file://"), overview_level=1) as src:
+        assert src.shape == (450, 900)
         source = src.read()
-    rows = ((np.arange(256) + 0.5) * 7.03125).astype(int)
-    cols = ((np.arange(512) + 0.5) * 7.03125).astype(int)
+    rows = ((np.arange(256) + 0.5) * 450 / 256).astype(int)
+    cols = ((np.arange(512) + 0.5) * 900 / 512).astype(int)
     sampled = source[:, rows][:, :, cols]
     expected = np.where(sampled[3] > 0, sampled[:3], np.array(WHITE, dtype=np.uint8)[:, None, None])
     np.testing.assert_array_equal(pixels, expected)
@@ -186,12 +188,14 @@ async def test_web_mercator_tile(
     pixels, _ = decode(content)
     assert pixels.shape == (3, 256, 256)
 
-    # Every pixel against the source sampled at the pixel centre, projected independently.
-    with rasterio.open(world.links[0].href.removeprefix("file://")) as src:
+    # Every pixel against the source sampled at the pixel centre, projected independently, from the
+    # 2x overview (0.2 degree pixels; the tile's are about 0.35 degree wide).
+    with rasterio.open(world.links[0].href.removeprefix("file://"), overview_level=0) as src:
+        assert src.shape == (900, 1800)
         source = src.read()
     centres = np.meshgrid(*(np.linspace(size / 512, size - size / 512, 256),) * 2)
     lon, lat = pyproj.Transformer.from_crs(3857, 4326, always_xy=True).transform(centres[0], centres[1][::-1])
-    cols, rows = np.floor((lon + 180) * 10).astype(int), np.floor((90 - lat) * 10).astype(int)
+    cols, rows = np.floor((lon + 180) * 5).astype(int), np.floor((90 - lat) * 5).astype(int)
     sampled = source[:, rows, cols]
     expected = np.where(sampled[3] > 0, sampled[:3], np.array(WHITE, dtype=np.uint8)[:, None, None])
     assert np.mean(pixels != expected) < 1e-3  # only pixel centres within rounding of an edge may differ
