@@ -217,9 +217,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 yield scheduler_pb2.FetchResultResponse(data=data)
 
 
-    async def GetMap(
-        self, request: scheduler_pb2.MapRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[scheduler_pb2.ExecuteResponse]:
+    async def GetMap(self, request: scheduler_pb2.MapRequest, context: grpc.aio.ServicerContext) -> transformer_pb2.RenderedMap:
         metadata = ((REQUEST_ID_KEY, request.request_id),)
         with rpc_errors():
             plan = await self._map_plan(request, metadata)
@@ -237,11 +235,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         render.granules.extend(drawing_order(granules))
         del render.variables[:]
         render.variables.extend(plan.request.variables)
-        async for chunk in self.transformers.render(list(plan.match.service.addresses), render):
-            if chunk.WhichOneof("item") == "header":
-                yield scheduler_pb2.ExecuteResponse(header=chunk.header)
-            else:
-                yield scheduler_pb2.ExecuteResponse(data=chunk.data)
+        return await self.transformers.render(list(plan.match.service.addresses), render)
 
     async def _map_granules(self, search: request_pb2.DataRequest, metadata: tuple) -> list[types_pb2.Granule]:
         """The granules a map covers. A collection small enough is listed once and filtered here,

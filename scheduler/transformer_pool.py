@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -39,24 +39,28 @@ class TransformerPool:
         start = next(self._turns.setdefault(key, itertools.cycle(range(len(addresses)))))
         return addresses[start:] + addresses[:start]
 
-    def transform(self, addresses: list[str], item: transformer_pb2.WorkItem) -> AsyncIterator[transformer_pb2.OutputChunk]:
-        """Stream one work item's output."""
-        return self._stream(addresses, lambda stub: stub.Transform(item, metadata=((REQUEST_ID_KEY, item.request_id),)))
+    async def render(self, addresses: list[str], request: transformer_pb2.RenderRequest) -> transformer_pb2.RenderedMap:
+        """A rendered map; an unreachable replica is skipped."""
+        last_error: Exception | None = None
+        for address in self._order(addresses):
+            replica = self._replica(address)
+            async with replica.slots:
+                try:
+                    return await replica.stub.Render(request, metadata=((REQUEST_ID_KEY, request.request_id),))
+                except grpc.RpcError as error:
+                    if error.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise from_rpc_error(error) from None
+                    last_error = from_rpc_error(error)
+        raise _unreachable(addresses, last_error)
 
-    def render(self, addresses: list[str], request: transformer_pb2.RenderRequest) -> AsyncIterator[transformer_pb2.OutputChunk]:
-        """Stream a rendered map."""
-        return self._stream(addresses, lambda stub: stub.Render(request, metadata=((REQUEST_ID_KEY, request.request_id),)))
-
-    async def _stream(
-        self, addresses: list[str], start: Callable[[transformer_pb2_grpc.TransformerStub], grpc.aio.UnaryStreamCall]
-    ) -> AsyncIterator[transformer_pb2.OutputChunk]:
-        """An unreachable replica is skipped if nothing was received from it yet."""
+    async def transform(self, addresses: list[str], item: transformer_pb2.WorkItem) -> AsyncIterator[transformer_pb2.OutputChunk]:
+        """Stream one work item's output; an unreachable replica is skipped if nothing was received yet."""
         last_error: Exception | None = None
         for address in self._order(addresses):
             replica = self._replica(address)
             received = False
             async with replica.slots:
-                call = start(replica.stub)
+                call = replica.stub.Transform(item, metadata=((REQUEST_ID_KEY, item.request_id),))
                 try:
                     async for chunk in call:
                         received = True
@@ -69,10 +73,14 @@ class TransformerPool:
                     raise from_rpc_error(error) from None
                 finally:
                     call.cancel()
-        raise ServiceUnavailableError(
-            f"no transformer replica could be reached ({', '.join(addresses)}): {last_error}. Try again shortly."
-        )
+        raise _unreachable(addresses, last_error)
 
     async def close(self) -> None:
         await asyncio.gather(*(r.channel.close() for r in self._replicas.values()))
         self._replicas.clear()
+
+
+def _unreachable(addresses: list[str], last_error: Exception | None) -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        f"no transformer replica could be reached ({', '.join(addresses)}): {last_error}. Try again shortly."
+    )

@@ -106,7 +106,7 @@ async def _relay(request: web.Request, data_request: request_pb2.DataRequest) ->
 async def relay(
     request: web.Request, call: grpc.aio.UnaryStreamCall, request_id: str
 ) -> web.StreamResponse:
-    """Write a scheduler stream (Execute, GetMap) to the client as it arrives: headers on the first message."""
+    """Write the scheduler's Execute stream to the client as it arrives: headers on the first message."""
     response: web.StreamResponse | None = None
     try:
         async for message in call:

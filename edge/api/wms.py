@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from edge.api.common import root_url
-from edge.api.coverages import relay
 from edge.auth import caller
 from edge.clients import CLIENTS
 from edge.wms_xml import (
@@ -130,8 +129,16 @@ async def _get_map(request: web.Request, params: dict[str, str], user: str) -> w
     map_request = _map_request(params, source)
     map_request.request_id = str(uuid.uuid4())
     map_request.user = user
-    call = request.app[CLIENTS].scheduler.GetMap(map_request, metadata=((REQUEST_ID_KEY, map_request.request_id),))
-    return await relay(request, call, map_request.request_id)
+    with rpc_errors():
+        rendered = await request.app[CLIENTS].scheduler.GetMap(map_request, metadata=((REQUEST_ID_KEY, map_request.request_id),))
+    return web.Response(
+        body=rendered.content,
+        content_type=rendered.header.media_type,
+        headers={
+            "Content-Disposition": f'inline; filename="{rendered.header.file_name}"',
+            "X-Request-Id": map_request.request_id,
+        },
+    )
 
 
 def _map_request(params: dict[str, str], source: MapSource) -> scheduler_pb2.MapRequest:

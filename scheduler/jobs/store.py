@@ -7,11 +7,14 @@ Work items are leased with an expiry: a scheduler that dies leaves leases that s
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -25,6 +28,7 @@ from scheduler.jobs.models import ErrorRow, JobRow, LabelRow, LinkRow, WorkItemR
 from scheduler.jobs.states import ACTIVE, DEFAULT_MESSAGES, TERMINAL, JobStatus, check_move
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+T = TypeVar("T")
 DATA_RETENTION = timedelta(days=30)
 
 
@@ -83,6 +87,20 @@ class Lease:
     service_match: bytes
 
 
+def _whole(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Run a writing transaction to its end even if the caller is cancelled (a scheduler stopping):
+    cut short, it would leave its connection inside a transaction, holding SQLite's write lock."""
+
+    @functools.wraps(method)
+    async def whole(self: JobStore, *args: Any, **kwargs: Any) -> T:
+        task = asyncio.ensure_future(method(self, *args, **kwargs))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+        return await asyncio.shield(task)
+
+    return whole
+
+
 def normalize_labels(labels: Sequence[str]) -> list[str]:
     """As Harmony stores them: trimmed, lower case, no empties, no repeats."""
     cleaned = [label.strip().lower() for label in labels]
@@ -96,6 +114,7 @@ class JobStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._writing: set[asyncio.Future[Any]] = set()
 
     @classmethod
     async def open(cls, url: str) -> JobStore:
@@ -108,10 +127,12 @@ class JobStore:
         return cls(engine)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._writing, return_exceptions=True)
         await self.engine.dispose()
 
     # -- creating and reading jobs ------------------------------------------------------------
 
+    @_whole
     async def create_job(self, new: NewJob) -> JobView:
         now = utcnow()
         direct = not new.work
@@ -196,6 +217,7 @@ class JobStore:
 
     # -- user actions -------------------------------------------------------------------------
 
+    @_whole
     async def move(self, caller: Caller, job_id: str, new: JobStatus, *, only_from: JobStatus | None = None) -> JobRow:
         """Cancel, pause or resume (running or running_with_errors, as the job's errors say)."""
         async with self._sessions.begin() as session:
@@ -214,6 +236,7 @@ class JobStore:
                 await _settle(session, job)  # everything may have finished while it was paused
             return job
 
+    @_whole
     async def update_labels(self, caller: Caller, job_ids: Sequence[str], labels: Sequence[str], *, remove: bool) -> list[str]:
         cleaned = normalize_labels(labels)
         if not cleaned:
@@ -239,6 +262,7 @@ class JobStore:
 
     # -- the dispatcher's side ----------------------------------------------------------------
 
+    @_whole
     async def lease(self, owner: str, limit: int, lease_for: timedelta) -> list[Lease]:
         """Take up to `limit` items that are ready, or whose previous lease ran out."""
         now = utcnow()
@@ -273,6 +297,7 @@ class JobStore:
             )
             return [Lease(*row) for row in rows]
 
+    @_whole
     async def renew(self, owner: str, item_ids: Sequence[int], lease_for: timedelta) -> None:
         if not item_ids:
             return
@@ -283,6 +308,7 @@ class JobStore:
         """Record an item's output; False if the lease was lost (another scheduler owns the item now)."""
         return item_id in await self.complete_many(owner, [(item_id, link)])
 
+    @_whole
     async def complete_many(self, owner: str, done: Sequence[tuple[int, NewLink]]) -> set[int]:
         """Record several items' outputs in one transaction; the ids whose lease owner still held."""
         links = dict(done)
@@ -308,6 +334,7 @@ class JobStore:
                 recorded |= ids
         return recorded
 
+    @_whole
     async def fail(self, owner: str, item_id: int, *, url: str, message: str, retry_at: datetime | None) -> bool:
         """Retry the item later, or record the error (and fail the job unless it ignores errors)."""
         async with self._sessions.begin() as session:
@@ -327,6 +354,7 @@ class JobStore:
             await _settle(session, job)
             return True
 
+    @_whole
     async def release(self, owner: str, item_ids: Sequence[int]) -> None:
         """Hand unfinished items back (pause, shutdown) without counting the attempt."""
         if not item_ids:

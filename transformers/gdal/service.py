@@ -17,10 +17,10 @@ from pathlib import Path
 
 import grpc
 
-from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
+from geomesh.errors import PayloadTooLargeError, RequestValidationError, TransformError, UnsupportedOperationError
 from geomesh.metrics import OUTPUT_BYTES
 from geomesh.model import BBox, TimeRange, optional_bbox, optional_time
-from geomesh.rpc import RunningServer, start_server
+from geomesh.rpc import MESSAGE_LIMIT, RunningServer, start_server
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import transformer_pb2, transformer_pb2_grpc
 from transformers.gdal import encode
@@ -31,6 +31,8 @@ from transformers.gdal.subset import EXTENSIONS, SubsetRequest, SubsetResult, ou
 
 SERVICE = "transformer-gdal"
 SERVICE_NAME = "geomesh.v1.Transformer"
+# A rendered map travels in one message: leave room under the gRPC message limit.
+MAP_BYTES_LIMIT = MESSAGE_LIMIT - 64 * 1024
 OPERATIONS = ["variable_subset", "bbox_subset", "render"]
 # A map's largest side in pixels (WMS MaxWidth/MaxHeight).
 MAX_MAP_SIDE = 4096
@@ -166,24 +168,24 @@ class GdalTransformer(transformer_pb2_grpc.TransformerServicer):
 
     async def Render(
         self, request: transformer_pb2.RenderRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[transformer_pb2.OutputChunk]:
+    ) -> transformer_pb2.RenderedMap:
         spec = render_spec(request)
         # Cancelling the wait (the caller left) also cancels a render that has not started.
         rendered: Rendered = await asyncio.wrap_future(self._executor.submit(render, spec, self._pool))
-        content = rendered.content
-        yield transformer_pb2.OutputChunk(
+        if len(rendered.content) > MAP_BYTES_LIMIT:
+            raise PayloadTooLargeError(
+                f"The {spec.width}x{spec.height} map is {len(rendered.content)} bytes encoded: ask for fewer pixels"
+            )
+        self._output_bytes.inc(len(rendered.content))
+        return transformer_pb2.RenderedMap(
             header=transformer_pb2.OutputHeader(
                 file_name=rendered.file_name,
                 media_type=rendered.media_type,
                 bbox=rendered.bbox.to_proto(),
-                size_bytes=len(content),
-            )
+                size_bytes=len(rendered.content),
+            ),
+            content=rendered.content,
         )
-        step = self._settings.chunk_bytes
-        for start in range(0, len(content), step):
-            chunk = content[start : start + step]  # the whole bytes object itself when it fits in one
-            self._output_bytes.inc(len(chunk))
-            yield transformer_pb2.OutputChunk(data=chunk)
 
     async def _run(self, work: SubsetRequest) -> SubsetResult:
         """Subset on a worker thread; if the caller goes away first, the output is deleted when done."""
