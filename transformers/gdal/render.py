@@ -17,6 +17,7 @@ import rasterio
 from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
+from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from geomesh.errors import TransformError
@@ -72,7 +73,6 @@ def render(spec: RenderSpec, pool: DatasetPool) -> Rendered:
     alpha = spec.transparent and spec.media_type in TRANSPARENT_FORMATS
     canvas = Canvas(spec.width, spec.height, (*spec.background, 0) if alpha else spec.background)
     footprint = grid.wgs84_bounds()
-    coordinates: dict[str, Coordinates] = {}  # per source CRS: granules usually share one
     for granule in spec.granules:
         if granule.bbox is not None and not _may_overlap(granule.bbox, footprint):
             continue
@@ -80,7 +80,7 @@ def render(spec: RenderSpec, pool: DatasetPool) -> Rendered:
         remote = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"} if source.startswith("/vsi") else {}
         try:
             with rasterio.Env(**remote), pool.open(source) as src:
-                _paint(canvas, src, granule.id, spec.variables, grid, coordinates)
+                _paint(canvas, src, granule.id, spec.variables, grid)
         except (RasterioError, OSError) as error:
             raise TransformError(f"Cannot draw granule {granule.id} ({granule.href}): {error}") from error
     content = encode(canvas, spec.media_type, grid.crs, grid.transform)
@@ -112,15 +112,11 @@ def _paint(
     granule_id: str,
     variables: tuple[str, ...],
     grid: MapGrid,
-    coordinates: dict[str, Coordinates],
 ) -> None:
     if src.crs is None:
         raise TransformError(f"Granule {granule_id} has no CRS, so it cannot be drawn on a map.")
     bands = _bands(src, variables, granule_id)
-    wkt = src.crs.to_wkt()
-    if wkt not in coordinates:
-        coordinates[wkt] = grid.source_coordinates(wkt)
-    placement = _place(src, bands[0], coordinates[wkt])
+    placement = _placement(grid, src.crs.to_wkt(), src.transform, src.width, src.height, tuple(src.overviews(bands[0])))
     if placement is None:
         return
     values = _pick(src.read(bands, window=placement.window, out_shape=(len(bands), *placement.out_shape)), placement)
@@ -157,15 +153,28 @@ def _bands(src: DatasetReader, variables: tuple[str, ...], granule_id: str) -> l
     return [1]
 
 
-def _place(src: DatasetReader, band: int, coordinates: Coordinates) -> _Placement | None:
-    """The map pixels a granule covers and the source window they need; None if it covers none."""
-    inverse = ~src.transform
-    x, y = coordinates
+@lru_cache(maxsize=32)
+def _source_coordinates(grid: MapGrid, wkt: str) -> Coordinates:
+    """The map's pixel centres in a source CRS: shared by the granules of a map, and by repeated maps."""
+    return grid.source_coordinates(wkt)
+
+
+@lru_cache(maxsize=64)
+def _placement(
+    grid: MapGrid, wkt: str, transform: Affine, width: int, height: int, overviews: tuple[int, ...]
+) -> _Placement | None:
+    """The map pixels a granule covers and the source window they need; None if it covers none.
+
+    Remembered: maps and tiles are asked for again and again, and working this out costs about
+    as much as reading the pixels. Keyed on the source's grid, so a rewritten file is not mixed up.
+    """
+    inverse = ~transform
+    x, y = _source_coordinates(grid, wkt)
     with np.errstate(invalid="ignore"):
         # Kept as a row or a column vector when the coordinates are (north-up sources need no mixing).
         col = inverse.a * x + inverse.c if inverse.b == 0 else inverse.a * x + inverse.b * y + inverse.c
         row = inverse.e * y + inverse.f if inverse.d == 0 else inverse.d * x + inverse.e * y + inverse.f
-        inside = (col >= 0) & (col < src.width) & (row >= 0) & (row < src.height)
+        inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
     rows = np.flatnonzero(inside.any(axis=1))
     cols = np.flatnonzero(inside.any(axis=0))
     if rows.size == 0:
@@ -173,7 +182,7 @@ def _place(src: DatasetReader, band: int, coordinates: Coordinates) -> _Placemen
     map_rows, map_cols = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
     inside = inside[map_rows, map_cols]
     col, row = _crop(col, map_rows, map_cols), _crop(row, map_rows, map_cols)
-    window, out_shape = _read_plan(src, band, _span(col, inside), _span(row, inside), inside.shape)
+    window, out_shape = _read_plan(width, height, overviews, _span(col, inside), _span(row, inside), inside.shape)
     with np.errstate(invalid="ignore"):
         col_index = ((col - window.col_off) * (out_shape[1] / window.width)).astype(np.intp)
         row_index = ((row - window.row_off) * (out_shape[0] / window.height)).astype(np.intp)
@@ -181,6 +190,7 @@ def _place(src: DatasetReader, band: int, coordinates: Coordinates) -> _Placemen
     np.clip(col_index, 0, out_shape[1] - 1, out=col_index)
     np.clip(row_index, 0, out_shape[0] - 1, out=row_index)
     flat_index = np.broadcast_to(row_index * out_shape[1] + col_index, inside.shape).ravel()
+    inside.flags.writeable = False  # shared through the cache
     return _Placement(map_rows, map_cols, inside, window, out_shape, flat_index)
 
 
@@ -199,24 +209,24 @@ def _span(position: np.ndarray, inside: np.ndarray) -> tuple[int, int]:
 
 
 def _read_plan(
-    src: DatasetReader, band: int, cols: tuple[int, int], rows: tuple[int, int], map_shape: tuple[int, int]
+    width: int, height: int, overviews: tuple[int, ...], cols: tuple[int, int], rows: tuple[int, int], map_shape: tuple[int, int]
 ) -> tuple[Window, tuple[int, int]]:
     """The window to read and its shape: full resolution, or the coarsest overview still at least
     as fine as the map, in whole overview pixels (GDAL then copies them rather than resampling)."""
     (first_col, last_col), (first_row, last_row) = cols, rows
     needed = min((last_col - first_col + 1) / map_shape[1], (last_row - first_row + 1) / map_shape[0])
-    factor = max((f for f in src.overviews(band) if f <= needed), default=1)
+    factor = max((f for f in overviews if f <= needed), default=1)
     if factor == 1:
         window = Window(first_col, first_row, last_col - first_col + 1, last_row - first_row + 1)
         return window, (int(window.height), int(window.width))
     first_col, first_row = first_col // factor, first_row // factor
-    end_col = min(math.ceil(src.width / factor), last_col // factor + 1)
-    end_row = min(math.ceil(src.height / factor), last_row // factor + 1)
+    end_col = min(math.ceil(width / factor), last_col // factor + 1)
+    end_row = min(math.ceil(height / factor), last_row // factor + 1)
     window = Window(
         first_col * factor,
         first_row * factor,
-        min(src.width, end_col * factor) - first_col * factor,
-        min(src.height, end_row * factor) - first_row * factor,
+        min(width, end_col * factor) - first_col * factor,
+        min(height, end_row * factor) - first_row * factor,
     )
     return window, (end_row - first_row, end_col - first_col)
 
