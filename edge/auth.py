@@ -33,6 +33,10 @@ from geomesh.v1 import scheduler_pb2
 
 
 
+# The WWW-Authenticate value of a 401: the two schemes a client may use.
+CHALLENGE = 'Bearer realm="geomesh", Basic realm="geomesh"'
+
+
 class UserRecord(BaseModel):
     name: str = Field(min_length=1)
     tokens: list[str] = Field(default_factory=list)

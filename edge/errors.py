@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from edge.auth import CHALLENGE
 from geomesh.errors import GeomeshError, NotFoundError, RequestValidationError, UnauthorizedError
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def error_response(error: GeomeshError) -> web.Response:
     response = web.json_response(error.to_json(), status=error.http_status)
     if isinstance(error, UnauthorizedError):
-        response.headers["WWW-Authenticate"] = 'Bearer realm="geomesh", Basic realm="geomesh"'
+        response.headers["WWW-Authenticate"] = CHALLENGE
     return response
 
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from edge.api.common import root_url
-from edge.auth import caller
+from edge.auth import CHALLENGE, caller
 from edge.clients import CLIENTS
 from edge.wms_xml import (
     CRS_CODES, DEFAULT_STYLE, LAYER_LIMIT, MAP_FORMATS, MAX_SIZE, LayerTree, MapLayer, capabilities, exception_report,
@@ -101,7 +101,7 @@ def _exception(error: GeomeshError) -> web.Response:
         status=error.http_status, headers={"Content-Type": _XML},
     )
     if isinstance(error, UnauthorizedError):
-        response.headers["WWW-Authenticate"] = 'Bearer realm="geomesh", Basic realm="geomesh"'
+        response.headers["WWW-Authenticate"] = CHALLENGE
     return response
 
 
