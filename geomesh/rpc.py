@@ -76,12 +76,19 @@ class _Call:
 class _ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, service: str) -> None:
         self.service = service
+        # Wrapped handlers by method: built once, not on every call (maps are answered in milliseconds).
+        self._wrapped: dict[str, Any] = {}
 
     async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith("/geomesh."):
-            return handler
-        method = details.method.rsplit("/", 1)[-1]
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            handler = await continuation(details)
+            if handler is None or not details.method.startswith("/geomesh."):
+                return handler
+            wrapped = self._wrapped[details.method] = self._wrap(handler, details.method.rsplit("/", 1)[-1])
+        return wrapped
+
+    def _wrap(self, handler: Any, method: str) -> Any:
         if handler.unary_unary:
             inner_unary = handler.unary_unary
 
