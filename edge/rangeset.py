@@ -10,6 +10,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import pyproj
+from pyproj.exceptions import CRSError
+
 from geomesh.errors import RequestValidationError
 from geomesh.model import parse_datetime
 from geomesh.v1 import request_pb2, types_pb2
@@ -23,6 +26,12 @@ PARAMETERS = {
         "label", "variable", "subsettingCrs",
     )
 }
+# gdalwarp's resampling names, as the gdal transformer knows them ("nearest" is near).
+INTERPOLATIONS = (
+    "near", "nearest", "bilinear", "cubic", "cubicspline", "lanczos", "average", "mode", "min", "max", "med", "q1", "q3",
+)
+# The largest output width or height in pixels (the transformer also caps the whole grid).
+MAX_SIDE = 32768
 _SUBSET = re.compile(r"^\s*(?P<dim>[A-Za-z_][\w.-]*)\s*\((?P<body>.*)\)\s*$", re.S)
 _BOOLEANS = {"true": True, "false": False}
 # lat/lon subsets are read as WGS84 degrees; these are the ways to say so.
@@ -81,14 +90,20 @@ def build_request(params: RangesetParameters, collection: str, variable_path: st
     output.format = (params.single("format") or "").strip()
     if output.format and not re.fullmatch(r"[\w.+-]+/[\w.+-]+", output.format):
         raise RequestValidationError(f'query parameter "format" must be a media type such as image/tiff, not "{output.format}"')
-    output.crs = (params.single("outputCrs") or "").strip()
-    output.interpolation = (params.single("interpolation") or "").strip()
-    output.scale_extent.extend(_numbers(params, "scaleExtent", 4))
-    output.scale_size.extend(_numbers(params, "scaleSize", 2))
+    output.crs = _output_crs(params)
+    output.interpolation = _interpolation(params)
+    output.scale_extent.extend(_scale_extent(params))
+    output.scale_size.extend(_scale_size(params))
     for name in ("width", "height"):
-        value = _integer(params, name, minimum=1)
+        value = _integer(params, name, minimum=1, maximum=MAX_SIDE)
         if value is not None:
             setattr(output, name, value)
+    if output.scale_size and (output.HasField("width") or output.HasField("height")):
+        # Either one settles the grid once the extent is known, so one would silently lose: refuse (the seed says Harmony does).
+        raise RequestValidationError(
+            'query parameters "scaleSize" and "width"/"height" cannot both be given: scaleSize sets the pixel size, '
+            "width and height set the pixel count"
+        )
     max_results = _integer(params, "maxResults", minimum=1)
     if max_results is not None:
         request.max_results = max_results
@@ -231,9 +246,46 @@ def _numbers(params: RangesetParameters, name: str, count: int) -> list[float]:
     return numbers
 
 
-def _integer(params: RangesetParameters, name: str, minimum: int) -> int | None:
+def _integer(params: RangesetParameters, name: str, minimum: int, maximum: int = 2**31 - 1) -> int | None:
     value = params.single(name)
-    return None if value is None else parse_integer(name, value, minimum, 2**31 - 1)
+    return None if value is None else parse_integer(name, value, minimum, maximum)
+
+
+def _output_crs(params: RangesetParameters) -> str:
+    text = (params.single("outputCrs") or "").strip()
+    if text:
+        try:
+            pyproj.CRS.from_user_input(text)
+        except CRSError:
+            raise RequestValidationError(
+                'query parameter "crs/outputCrs" could not be parsed.  Try an EPSG code or Proj4 string.'
+            ) from None
+    return text
+
+
+def _interpolation(params: RangesetParameters) -> str:
+    text = (params.single("interpolation") or "").strip()
+    if text and text.lower() not in INTERPOLATIONS:
+        raise RequestValidationError(
+            f'query parameter "interpolation" value "{text}" is not supported; use one of: ' + ", ".join(INTERPOLATIONS)
+        )
+    return text.lower()
+
+
+def _scale_extent(params: RangesetParameters) -> list[float]:
+    extent = _numbers(params, "scaleExtent", 4)
+    if extent and not (extent[0] < extent[2] and extent[1] < extent[3]):
+        raise RequestValidationError(
+            'query parameter "scaleExtent" must be xmin,ymin,xmax,ymax with xmin less than xmax and ymin less than ymax'
+        )
+    return extent
+
+
+def _scale_size(params: RangesetParameters) -> list[float]:
+    size = _numbers(params, "scaleSize", 2)
+    if size and not all(value > 0 for value in size):
+        raise RequestValidationError('query parameter "scaleSize" must be x,y with both sizes greater than 0')
+    return size
 
 
 def parse_integer(name: str, value: str, minimum: int, maximum: int) -> int:

@@ -57,5 +57,5 @@ async def test_match_and_capabilities(mesh: Mesh) -> None:
         assert match.service.name == "harmony/gdal" and match.output_format == "image/tiff"
         assert list(match.service.addresses) == [mesh.transformer_address]
         capabilities = await stub.Capabilities(catalog_pb2.GetCollectionRequest(collection=HARMONY_EXAMPLE))
-        assert capabilities.combined.bbox_subset and not capabilities.combined.reprojection
+        assert capabilities.combined.bbox_subset and capabilities.combined.reprojection
         assert [v.name for v in capabilities.variables] == ["red_var", "green_var", "blue_var", "alpha_var"]

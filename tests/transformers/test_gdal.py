@@ -147,7 +147,7 @@ async def test_describe(stub: transformer_pb2_grpc.TransformerStub) -> None:
     info = await stub.Describe(transformer_pb2.DescribeRequest(), timeout=5)
     assert info.family == "gdal"
     assert list(info.output_formats) == ["image/tiff", "image/png"]
-    assert list(info.operations) == ["variable_subset", "bbox_subset", "render"]
+    assert list(info.operations) == ["variable_subset", "bbox_subset", "reprojection", "render"]
 
 
 async def test_variable_subset(stub: transformer_pb2_grpc.TransformerStub, global_tif: Path) -> None:
@@ -287,8 +287,7 @@ async def test_output_of_work_cancelled_while_running_is_removed(
         ({"variables": ("blue_var", "nope_var")}, RequestValidationError, "nope_var"),
         ({"bbox": BBox(-10, -80, 10, -70), "path": "utm"}, RequestValidationError, "does not intersect granule"),
         ({"media_type": "image/gif"}, UnsupportedOperationError, "image/tiff, image/png"),
-        ({"crs": "EPSG:3857"}, UnsupportedOperationError, "does not reproject"),
-        ({"crs": "not a crs"}, RequestValidationError, "not a coordinate reference system"),
+        ({"crs": "not a crs"}, RequestValidationError, 'query parameter "crs/outputCrs" could not be parsed'),
         ({"media_type": "image/png", "path": "utm"}, RequestValidationError, "PNG holds at most 4 variables"),
         ({"path": "missing"}, TransformError, GRANULE_ID),
     ],
@@ -318,11 +317,11 @@ async def test_source_crs_requested_is_not_a_reprojection(
 
 async def test_unsupported_operations_are_refused(stub: transformer_pb2_grpc.TransformerStub, global_tif: Path) -> None:
     item = work_item(global_tif)
-    item.output.interpolation = "bilinear"
+    item.output.interpolation = "bilinear"  # accepted since reprojection came: only these two are refused
     item.output.width = 100
     item.dimensions.add(name="depth", min=0, max=10)
     item.shape.CopyFrom(types_pb2.Shape(content=b"{}", media_type="application/geo+json"))
-    with pytest.raises(UnsupportedOperationError, match="interpolation.*width/height.*depth.*shape"):
+    with pytest.raises(UnsupportedOperationError, match="support dimension subsets.*depth.*shape"):
         await transform(stub, item)
 
 

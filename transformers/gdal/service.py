@@ -27,13 +27,14 @@ from transformers.gdal import encode
 from transformers.gdal.datasets import DatasetPool
 from transformers.gdal.grid import map_crs
 from transformers.gdal.render import MapGranule, Rendered, RenderSpec, render
+from transformers.gdal.reproject import grid_spec
 from transformers.gdal.subset import EXTENSIONS, SubsetRequest, SubsetResult, output_format, subset
 
 SERVICE = "transformer-gdal"
 SERVICE_NAME = "geomesh.v1.Transformer"
 # A rendered map travels in one message: leave room under the gRPC message limit.
 MAP_BYTES_LIMIT = MESSAGE_LIMIT - 64 * 1024
-OPERATIONS = ["variable_subset", "bbox_subset", "render"]
+OPERATIONS = ["variable_subset", "bbox_subset", "reprojection", "render"]
 # A map's largest side in pixels (WMS MaxWidth/MaxHeight).
 MAX_MAP_SIDE = 4096
 _BGCOLOR = re.compile(r"(?:0x|#)?([0-9a-f]{6})", re.IGNORECASE)
@@ -54,21 +55,19 @@ def subset_request(item: transformer_pb2.WorkItem) -> SubsetRequest:
         media_type=output_format(item.output.format),
         variables=tuple(item.variables),
         bbox=optional_bbox(item),
-        crs=item.output.crs or None,
+        grid=grid_spec(
+            crs=item.output.crs.strip() or None,
+            interpolation=item.output.interpolation or None,
+            extent=item.output.scale_extent,
+            size=item.output.scale_size,
+            width=item.output.width if item.output.HasField("width") else None,
+            height=item.output.height if item.output.HasField("height") else None,
+        ),
     )
 
 
 def _refuse_unsupported(item: transformer_pb2.WorkItem) -> None:
-    output = item.output
     asked: list[str] = []
-    if output.interpolation:
-        asked.append(f"interpolation ({output.interpolation})")
-    if output.scale_extent:
-        asked.append("scaleExtent")
-    if output.scale_size:
-        asked.append("scaleSize")
-    if output.HasField("width") or output.HasField("height"):
-        asked.append("width/height")
     if item.dimensions:
         asked.append("dimension subsets (" + ", ".join(d.name for d in item.dimensions) + ")")
     if item.HasField("shape") and (item.shape.content or item.shape.file_name):
@@ -76,7 +75,7 @@ def _refuse_unsupported(item: transformer_pb2.WorkItem) -> None:
     if asked:
         raise UnsupportedOperationError(
             "The gdal transformer does not support " + ", ".join(asked) + " yet; it does variable and "
-            "bounding-box subsets in the source's own grid."
+            "bounding-box subsets, reprojection and regridding."
         )
 
 

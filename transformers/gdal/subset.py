@@ -1,4 +1,4 @@
-"""The raster work of the gdal transformer, without gRPC: pick bands, crop to a bbox, write a file.
+"""The raster work of the gdal transformer, without gRPC: pick bands, crop to a bbox, warp, write a file.
 
 Blocking (GDAL): callers run it on worker threads. The output goes to a scratch file that the
 caller streams and deletes, so a large output never sits whole in Python memory.
@@ -21,8 +21,9 @@ import numpy as np
 import pyproj
 import rasterio
 from rasterio.crs import CRS
-from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
+from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
@@ -30,6 +31,7 @@ from rasterio.windows import bounds as window_bounds
 from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
 from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool
+from transformers.gdal.reproject import Grid, GridSpec, output_grid, target_crs, warped
 
 TIFF = "image/tiff"
 PNG = "image/png"
@@ -53,8 +55,8 @@ class SubsetRequest:
     media_type: str
     variables: tuple[str, ...] = ()
     bbox: BBox | None = None
-    # The output CRS the user asked for; only the source's own is supported here.
-    crs: str | None = None
+    # Output CRS and grid (outputCrs, scaleExtent, scaleSize, width, height, interpolation).
+    grid: GridSpec = GridSpec()
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +92,19 @@ def gdal_path(href: str) -> str:
     return href
 
 
-def output_file_name(granule_name: str, variables: Sequence[str], subsetted: bool, media_type: str) -> str:
-    """Harmony style: <granule>[_<variable>][_subsetted].<ext>."""
+def output_file_name(
+    granule_name: str, variables: Sequence[str], subsetted: bool, media_type: str, regridded: bool = False
+) -> str:
+    """Harmony style: <granule>[_<variable>][_regridded][_subsetted].<ext>.
+
+    "_regridded" marks any warp (another CRS or grid), as harmony-service-lib's
+    generate_output_filename does, rather than a geomesh-only "_reprojected".
+    """
     name = _SOURCE_SUFFIX.sub("", granule_name) or "output"
     if len(variables) == 1:
         name += "_" + re.sub(r"[^\w.-]+", "_", variables[0]).strip("_")
+    if regridded:
+        name += "_regridded"
     if subsetted:
         name += "_subsetted"
     return name + EXTENSIONS[media_type]
@@ -107,7 +117,6 @@ def subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None =
     remote = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"} if source.startswith("/vsi") else {}
     try:
         with rasterio.Env(**remote), pool.open(source) as src:
-            _check_crs(request.crs, src.crs)
             bands = _band_indexes(src, request.variables, request.granule_id)
             if media_type == PNG and len(bands) > 4:
                 raise RequestValidationError(
@@ -115,31 +124,39 @@ def subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None =
                     "selected: ask for fewer variables or for image/tiff."
                 )
             window = _window(src, request.bbox, request.granule_id)
-            bbox = _wgs84_bounds(src, window)
-            path = _write(src, bands, window, _WRITERS[media_type], scratch_dir, EXTENSIONS[media_type])
+            grid = _warp_grid(src, window, request.grid, request.granule_id)
+            writer, extension = _WRITERS[media_type], EXTENSIONS[media_type]
+            if grid is None:
+                bbox = _wgs84_bounds(src, window)
+                path = _write(src, src, bands, window, writer, scratch_dir, extension)
+            else:
+                with warped(src, window, grid, request.grid.resampling) as vrt:
+                    whole = Window(0, 0, vrt.width, vrt.height)
+                    bbox = _wgs84_bounds(vrt, whole)
+                    path = _write(vrt, src, bands, whole, writer, scratch_dir, extension)
     except (RasterioError, OSError) as error:
         raise TransformError(f"Cannot process granule {request.granule_id} ({request.href}): {error}") from error
     return SubsetResult(
         path=path,
         media_type=media_type,
-        file_name=output_file_name(request.granule_name, request.variables, request.bbox is not None, media_type),
+        file_name=output_file_name(
+            request.granule_name, request.variables, request.bbox is not None, media_type, grid is not None
+        ),
         bbox=bbox,
         size_bytes=path.stat().st_size,
     )
 
 
-def _check_crs(requested: str | None, source: CRS | None) -> None:
-    if not requested:
-        return
-    try:
-        wanted = CRS.from_user_input(requested)
-    except CRSError:
-        raise RequestValidationError(f"{requested!r} is not a coordinate reference system geomesh understands.") from None
-    if source is None or not _same_crs(wanted.to_wkt(), source.to_wkt()):
-        raise UnsupportedOperationError(
-            f"The gdal transformer does not reproject yet: the granule is in {source or 'no CRS'}, "
-            f"and {requested} was requested. Leave out the output CRS to get the source's own."
-        )
+def _warp_grid(src: DatasetReader, window: Window, spec: GridSpec, granule_id: str) -> Grid | None:
+    """The grid to warp onto, or None when the output stays in the source's own grid."""
+    if not spec.crs and not spec.regrids:
+        return None
+    if src.crs is None:
+        raise UnsupportedOperationError(f"Granule {granule_id} has no CRS, so it cannot be reprojected or regridded.")
+    crs = target_crs(spec.crs) if spec.crs else src.crs
+    if not spec.regrids and _same_crs(crs.to_wkt(), src.crs.to_wkt()):
+        return None
+    return output_grid(src, window, crs, spec)
 
 
 @lru_cache(maxsize=256)
@@ -220,11 +237,19 @@ def _wgs84_bounds(src: DatasetReader, window: Window) -> BBox | None:
     return BBox(min(left, right), min(bottom, top), max(left, right), max(bottom, top))
 
 
-Writer = Callable[[DatasetReader, list[int], Window, Path], None]
+# (pixels, metadata source, bands, window, path): a warp's pixels come from a WarpedVRT, which
+# does not carry the source's dataset tags, so metadata is read from the source itself.
+Writer = Callable[[DatasetReader | WarpedVRT, DatasetReader, list[int], Window, Path], None]
 
 
 def _write(
-    src: DatasetReader, bands: list[int], window: Window, writer: Writer, scratch_dir: Path | None, extension: str
+    src: DatasetReader | WarpedVRT,
+    meta: DatasetReader,
+    bands: list[int],
+    window: Window,
+    writer: Writer,
+    scratch_dir: Path | None,
+    extension: str,
 ) -> Path:
     """Write to a fresh scratch file, removed again if writing fails."""
     descriptor, name = tempfile.mkstemp(prefix="geomesh-gdal-", suffix=extension, dir=scratch_dir)
@@ -233,14 +258,14 @@ def _write(
     try:
         # No PAM: nothing may leave a .aux.xml sidecar beside the output.
         with rasterio.Env(GDAL_PAM_ENABLED="NO"):
-            writer(src, bands, window, path)
+            writer(src, meta, bands, window, path)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
     return path
 
 
-def _write_tiff(src: DatasetReader, bands: list[int], window: Window, path: Path) -> None:
+def _write_tiff(src: DatasetReader | WarpedVRT, meta: DatasetReader, bands: list[int], window: Window, path: Path) -> None:
     """A GeoTIFF keeping the source's georeferencing, nodata, colors, descriptions, tags, scale/offset."""
     width, height = int(window.width), int(window.height)
     dtype = np.result_type(*(src.dtypes[band - 1] for band in bands))
@@ -268,24 +293,24 @@ def _write_tiff(src: DatasetReader, bands: list[int], window: Window, path: Path
             rows = min(slab, height - row)
             part = Window(window.col_off, window.row_off + row, width, rows)
             dst.write(src.read(bands, window=part, out_dtype=dtype), window=Window(0, row, width, rows))
-        dst.update_tags(**src.tags())
+        dst.update_tags(**meta.tags())
         for out, band in enumerate(bands, start=1):
-            if src.descriptions[band - 1]:
-                dst.set_band_description(out, src.descriptions[band - 1])
-            if src.units[band - 1]:
-                dst.set_band_unit(out, src.units[band - 1])
-            dst.update_tags(out, **src.tags(band))
-        dst.colorinterp = [src.colorinterp[band - 1] for band in bands]
-        dst.scales = [src.scales[band - 1] for band in bands]
-        dst.offsets = [src.offsets[band - 1] for band in bands]
+            if meta.descriptions[band - 1]:
+                dst.set_band_description(out, meta.descriptions[band - 1])
+            if meta.units[band - 1]:
+                dst.set_band_unit(out, meta.units[band - 1])
+            dst.update_tags(out, **meta.tags(band))
+        dst.colorinterp = [meta.colorinterp[band - 1] for band in bands]
+        dst.scales = [meta.scales[band - 1] for band in bands]
+        dst.offsets = [meta.offsets[band - 1] for band in bands]
         if len(bands) == 1 and dtype == np.uint8:
             try:
-                dst.write_colormap(1, src.colormap(bands[0]))
+                dst.write_colormap(1, meta.colormap(bands[0]))
             except ValueError:  # no palette on that band
                 pass
 
 
-def _write_png(src: DatasetReader, bands: list[int], window: Window, path: Path) -> None:
+def _write_png(src: DatasetReader | WarpedVRT, meta: DatasetReader, bands: list[int], window: Window, path: Path) -> None:
     """A PNG (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA); non-byte data is stretched to 0..255 per band.
 
     PNG has no place for georeferencing (GDAL would need a sidecar), so the output's bbox travels
