@@ -131,11 +131,15 @@ def target_crs(text: str) -> CRS:
 def _projects_alike(wkt: str, other_wkt: str) -> bool:
     """Whether both place a lattice of lon/lat points at the same coordinates (within 1 mm)."""
     a, b = pyproj.CRS.from_wkt(wkt), pyproj.CRS.from_wkt(other_wkt)
-    if a.is_geographic != b.is_geographic or a.axis_info[0].unit_name != b.axis_info[0].unit_name:
+    units = ([axis.unit_name for axis in a.axis_info[:1]], [axis.unit_name for axis in b.axis_info[:1]])
+    if a.is_geographic != b.is_geographic or units[0] != units[1]:
         return False
     lons, lats = np.meshgrid(np.linspace(-179.5, 179.5, 19), np.linspace(-89.5, 89.5, 13))
-    xa, ya = pyproj.Transformer.from_crs(_WGS84, a, always_xy=True).transform(lons, lats)
-    xb, yb = pyproj.Transformer.from_crs(_WGS84, b, always_xy=True).transform(lons, lats)
+    try:
+        xa, ya = pyproj.Transformer.from_crs(_WGS84, a, always_xy=True).transform(lons, lats)
+        xb, yb = pyproj.Transformer.from_crs(_WGS84, b, always_xy=True).transform(lons, lats)
+    except pyproj.exceptions.ProjError:  # no way to compare: keep what the user gave
+        return False
     tolerance = 1e-8 if a.is_geographic else 1e-3
     return bool(np.allclose(xa, xb, atol=tolerance, equal_nan=True) and np.allclose(ya, yb, atol=tolerance, equal_nan=True))
 
