@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge import auth
-from edge.api import collections, coverages, downloads, jobs, landing, openapi, stac, wms
+from edge.api import capabilities, collections, coverages, downloads, jobs, landing, openapi, stac, wms
 from edge.clients import SETTINGS, grpc_clients
 from edge.errors import error_middleware
 from geomesh.metrics import HTTP_HANDLED, HTTP_SECONDS
@@ -45,7 +45,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     app.cleanup_ctx.append(grpc_clients)
     app.router.add_get("/metrics", metrics)
     # The rangeset route must come before /collections/{id}, whose pattern would also match it.
-    for module in (coverages, downloads, jobs, stac, wms, openapi, landing, collections):
+    for module in (coverages, downloads, jobs, stac, wms, openapi, capabilities, landing, collections):
         app.add_routes(module.routes)
     return app
 
