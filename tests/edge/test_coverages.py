@@ -143,8 +143,8 @@ async def test_granule_name_with_wildcard(mesh: Mesh) -> None:
          "harmony.RequestValidationError", "Unknown query parameter 'bogus'"),
         ("{coverages}/collections/all/coverage/rangeset?granuleId=" + GLOBAL_GRANULE + "&subset=depth(0:10)", 422,
          "harmony.UnsupportedOperation", "the requested combination of operations: dimension subsetting on C1233800302-EEDTEST is unsupported"),
-        ("{coverages}/collections/all/coverage/rangeset?granuleId=" + GLOBAL_GRANULE + "&format=image/jpeg", 422,
-         "harmony.UnsupportedOperation", "reformatting to image/jpeg"),
+        ("{coverages}/collections/all/coverage/rangeset?granuleId=" + GLOBAL_GRANULE + "&format=application/x-zarr", 422,
+         "harmony.UnsupportedOperation", "reformatting to application/x-zarr"),
         ("{coverages}/collections/all/coverage/rangeset?granuleId=" + AFRICA_GRANULE + "&subset=lon(-170:-160)",
          400, "harmony.RequestValidationError", "Error: No matching granules found."),
     ],
@@ -168,6 +168,6 @@ async def test_accept_header_chooses_the_format(mesh: Mesh) -> None:
     assert status == 200 and headers["Content-Type"] == "image/png"
     status, _, body = await get(
         f"{mesh.coverages()}/collections/red_var/coverage/rangeset?granuleId={GLOBAL_GRANULE}",
-        headers={"Accept": "image/jpeg"},
+        headers={"Accept": "application/x-zarr"},
     )
-    assert status == 422 and "supported formats are: image/png, image/tiff" in json.loads(body)["description"]
+    assert status == 422 and "supported formats are: image/gif, image/jpeg, image/png, image/tiff" in json.loads(body)["description"]

@@ -146,7 +146,7 @@ def test_our_transformers_package_is_the_one_imported() -> None:
 async def test_describe(stub: transformer_pb2_grpc.TransformerStub) -> None:
     info = await stub.Describe(transformer_pb2.DescribeRequest(), timeout=5)
     assert info.family == "gdal"
-    assert list(info.output_formats) == ["image/tiff", "image/png"]
+    assert list(info.output_formats) == ["image/tiff", "image/png", "image/gif", "image/jpeg"]
     assert list(info.operations) == ["variable_subset", "bbox_subset", "reprojection", "render"]
 
 
@@ -286,7 +286,7 @@ async def test_output_of_work_cancelled_while_running_is_removed(
     [
         ({"variables": ("blue_var", "nope_var")}, RequestValidationError, "nope_var"),
         ({"bbox": BBox(-10, -80, 10, -70), "path": "utm"}, RequestValidationError, "does not intersect granule"),
-        ({"media_type": "image/gif"}, UnsupportedOperationError, "image/tiff, image/png"),
+        ({"media_type": "application/x-zarr"}, UnsupportedOperationError, "image/tiff, image/png, image/gif, image/jpeg"),
         ({"crs": "not a crs"}, RequestValidationError, 'query parameter "crs/outputCrs" could not be parsed'),
         ({"media_type": "image/png", "path": "utm"}, RequestValidationError, "PNG holds at most 4 variables"),
         ({"path": "missing"}, TransformError, GRANULE_ID),

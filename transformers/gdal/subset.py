@@ -10,18 +10,16 @@ import math
 import os
 import re
 import tempfile
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import numpy as np
 import pyproj
 import rasterio
 from rasterio.crs import CRS
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -31,16 +29,11 @@ from rasterio.windows import bounds as window_bounds
 from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
 from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool
+from transformers.gdal.formats import EXTENSIONS, NAMES, TIFF, WRITERS, Writer
 from transformers.gdal.reproject import Grid, GridSpec, output_grid, target_crs, warped
 
-TIFF = "image/tiff"
-PNG = "image/png"
-EXTENSIONS: dict[str, str] = {TIFF: ".tif", PNG: ".png"}
 WGS84 = CRS.from_epsg(4326)
 
-# GeoTIFFs are copied in slabs of about this many bytes, so memory stays flat for large crops.
-_SLAB_BYTES = 16 * 1024 * 1024
-_TILE = 256
 # Granule names often end with the source file's extension; Harmony drops it from output names.
 _SOURCE_SUFFIX = re.compile(r"\.(tiff?|png|jpe?g|nc4?|h5|he5|hdf5?|zarr)$", re.IGNORECASE)
 
@@ -118,14 +111,14 @@ def subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None =
     try:
         with rasterio.Env(**remote), pool.open(source) as src:
             bands = _band_indexes(src, request.variables, request.granule_id)
-            if media_type == PNG and len(bands) > 4:
+            if media_type != TIFF and len(bands) > 4:
                 raise RequestValidationError(
-                    f"PNG holds at most 4 variables (gray, gray+alpha, RGB or RGBA) but {len(bands)} were "
-                    "selected: ask for fewer variables or for image/tiff."
+                    f"{NAMES[media_type]} holds at most 4 variables (gray, gray+alpha, RGB or RGBA) but "
+                    f"{len(bands)} were selected: ask for fewer variables or for image/tiff."
                 )
             window = _window(src, request.bbox, request.granule_id)
             grid = _warp_grid(src, window, request.grid, request.granule_id)
-            writer, extension = _WRITERS[media_type], EXTENSIONS[media_type]
+            writer, extension = WRITERS[media_type], EXTENSIONS[media_type]
             if grid is None:
                 bbox = _wgs84_bounds(src, window)
                 path = _write(src, src, bands, window, writer, scratch_dir, extension)
@@ -237,11 +230,6 @@ def _wgs84_bounds(src: DatasetReader, window: Window) -> BBox | None:
     return BBox(min(left, right), min(bottom, top), max(left, right), max(bottom, top))
 
 
-# (pixels, metadata source, bands, window, path): a warp's pixels come from a WarpedVRT, which
-# does not carry the source's dataset tags, so metadata is read from the source itself.
-Writer = Callable[[DatasetReader | WarpedVRT, DatasetReader, list[int], Window, Path], None]
-
-
 def _write(
     src: DatasetReader | WarpedVRT,
     meta: DatasetReader,
@@ -263,80 +251,3 @@ def _write(
         path.unlink(missing_ok=True)
         raise
     return path
-
-
-def _write_tiff(src: DatasetReader | WarpedVRT, meta: DatasetReader, bands: list[int], window: Window, path: Path) -> None:
-    """A GeoTIFF keeping the source's georeferencing, nodata, colors, descriptions, tags, scale/offset."""
-    width, height = int(window.width), int(window.height)
-    dtype = np.result_type(*(src.dtypes[band - 1] for band in bands))
-    tiled = width >= _TILE and height >= _TILE
-    profile: dict[str, object] = {
-        "driver": "GTiff",
-        "width": width,
-        "height": height,
-        "count": len(bands),
-        "dtype": dtype,
-        "crs": src.crs,
-        "transform": src.window_transform(window),
-        "nodata": src.nodatavals[bands[0] - 1],
-        "compress": "deflate",
-        "bigtiff": "if_safer",
-    }
-    if tiled:
-        profile.update(tiled=True, blockxsize=_TILE, blockysize=_TILE)
-    row_bytes = max(1, width * len(bands) * dtype.itemsize)
-    slab = max(1, _SLAB_BYTES // row_bytes)
-    if tiled:
-        slab = max(_TILE, slab - slab % _TILE)
-    with rasterio.open(path, "w", **profile) as dst:
-        for row in range(0, height, slab):
-            rows = min(slab, height - row)
-            part = Window(window.col_off, window.row_off + row, width, rows)
-            dst.write(src.read(bands, window=part, out_dtype=dtype), window=Window(0, row, width, rows))
-        dst.update_tags(**meta.tags())
-        for out, band in enumerate(bands, start=1):
-            if meta.descriptions[band - 1]:
-                dst.set_band_description(out, meta.descriptions[band - 1])
-            if meta.units[band - 1]:
-                dst.set_band_unit(out, meta.units[band - 1])
-            dst.update_tags(out, **meta.tags(band))
-        dst.colorinterp = [meta.colorinterp[band - 1] for band in bands]
-        dst.scales = [meta.scales[band - 1] for band in bands]
-        dst.offsets = [meta.offsets[band - 1] for band in bands]
-        if len(bands) == 1 and dtype == np.uint8:
-            try:
-                dst.write_colormap(1, meta.colormap(bands[0]))
-            except ValueError:  # no palette on that band
-                pass
-
-
-def _write_png(src: DatasetReader | WarpedVRT, meta: DatasetReader, bands: list[int], window: Window, path: Path) -> None:
-    """A PNG (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA); non-byte data is stretched to 0..255 per band.
-
-    PNG has no place for georeferencing (GDAL would need a sidecar), so the output's bbox travels
-    in the stream header instead.
-    """
-    data = src.read(bands, window=window)
-    if data.dtype != np.uint8:
-        data = np.stack([_to_bytes(plane, src.nodatavals[band - 1]) for plane, band in zip(data, bands, strict=True)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(
-            path, "w", driver="PNG", width=data.shape[2], height=data.shape[1], count=len(bands), dtype="uint8", zlevel=6
-        ) as dst:
-            dst.write(data)
-
-
-def _to_bytes(plane: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Stretch valid values linearly to 0..255 (min to max); nodata and NaN become 0."""
-    valid = np.isfinite(plane) if plane.dtype.kind == "f" else np.ones(plane.shape, dtype=bool)
-    if nodata is not None:
-        valid &= plane != nodata
-    if not valid.any():
-        return np.zeros(plane.shape, dtype=np.uint8)
-    low, high = float(plane[valid].min()), float(plane[valid].max())
-    scaled = (plane.astype(np.float64) - low) * (255.0 / (high - low) if high > low else 0.0)
-    return np.where(valid, np.clip(np.rint(scaled), 0, 255), 0).astype(np.uint8)
-
-
-_WRITERS: dict[str, Writer] = {TIFF: _write_tiff, PNG: _write_png}
