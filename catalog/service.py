@@ -20,7 +20,6 @@ from geomesh.v1 import catalog_pb2, catalog_pb2_grpc, request_pb2, types_pb2
 
 
 # Initial metadata of a Capabilities answer from CMR: the URL below which its concept ids resolve.
-CONCEPTS_URL_KEY = "geomesh-concepts-url"
 
 
 class CatalogService(catalog_pb2_grpc.CatalogServicer):
@@ -66,10 +65,6 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
 
     async def Capabilities(self, request: catalog_pb2.GetCollectionRequest, context: grpc.aio.ServicerContext) -> catalog_pb2.CollectionCapabilities:
         collection = await self.backend.get_collection(request.collection)
-        # Concept ids resolve at CMR only when CMR is the source: say where, so the edge can link them.
-        cmr_root = getattr(self.backend, "root_url", None)
-        if isinstance(cmr_root, str):
-            await context.send_initial_metadata(((CONCEPTS_URL_KEY, f"{cmr_root}/search/concepts"),))
         services = [service_to_proto(s) for s in self.registry.for_collection(collection.id)]
         combined = catalog_pb2.ServiceCapabilities()
         for service in services:
@@ -82,6 +77,8 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
             variables=[variable_to_proto(v) for v in collection.variables or await self.backend.list_variables(collection.id)],
             services=services,
             combined=combined,
+            # Concept ids resolve at CMR only when CMR is the source: say where, so the edge can link them.
+            concepts_url=f"{cmr_root}/search/concepts" if isinstance(cmr_root := getattr(self.backend, "root_url", None), str) else "",
         )
 
     async def ReadData(

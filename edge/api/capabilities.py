@@ -17,7 +17,6 @@ routes = web.RouteTableDef()
 VERSIONS = ("1", "2")
 DEFAULT_VERSION = "2"
 # Set by the catalog (catalog/service.py) when it reads CMR: where CMR resolves concept ids.
-CONCEPTS_URL_KEY = "geomesh-concepts-url"
 _PARAMETERS = {"collectionid": "collectionId", "shortname": "shortName", "version": "version"}
 
 
@@ -95,8 +94,5 @@ async def capabilities(request: web.Request) -> web.Response:
     if not collection:
         raise RequestValidationError("Must specify either collectionId or shortName")
     with rpc_errors():
-        call = request.app[CLIENTS].catalog.Capabilities(catalog_pb2.GetCollectionRequest(collection=collection))
-        answer = await call
-        metadata = await call.initial_metadata()
-    concepts_url = next((str(value) for key, value in metadata or () if key == CONCEPTS_URL_KEY), None)
-    return web.json_response(capabilities_json(answer, version, concepts_url))
+        answer = await request.app[CLIENTS].catalog.Capabilities(catalog_pb2.GetCollectionRequest(collection=collection))
+    return web.json_response(capabilities_json(answer, version, answer.concepts_url or None))
