@@ -65,6 +65,8 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
 
     async def Capabilities(self, request: catalog_pb2.GetCollectionRequest, context: grpc.aio.ServicerContext) -> catalog_pb2.CollectionCapabilities:
         collection = await self.backend.get_collection(request.collection)
+        # Concept ids resolve at CMR only when CMR is the source: say where, so the edge can link them.
+        cmr_root = getattr(self.backend, "root_url", None)
         services = [service_to_proto(s) for s in self.registry.for_collection(collection.id)]
         combined = catalog_pb2.ServiceCapabilities()
         for service in services:
@@ -77,8 +79,7 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
             variables=[variable_to_proto(v) for v in collection.variables or await self.backend.list_variables(collection.id)],
             services=services,
             combined=combined,
-            # Concept ids resolve at CMR only when CMR is the source: say where, so the edge can link them.
-            concepts_url=f"{cmr_root}/search/concepts" if isinstance(cmr_root := getattr(self.backend, "root_url", None), str) else "",
+            concepts_url=f"{cmr_root}/search/concepts" if isinstance(cmr_root, str) else "",
         )
 
     async def ReadData(
