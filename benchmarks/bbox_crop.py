@@ -5,7 +5,8 @@ What it measures
         ?granuleid=G1233800343-EEDTEST&subset=lat(-45.75:-9)&subset=lon(110:156)
     answered by a real `geomesh up` (edge -> scheduler -> catalog + gdal transformer, each its own
     process, on free loopback ports), against the floor for that work: rasterio in this process
-    cropping the same window of the same file and writing it as the same GeoTIFF into memory.
+    cropping the same window of the same file and writing it with the transformer's own writer
+    (transformers/gdal/formats.py, write_cog: a Cloud Optimized GeoTIFF) to a scratch file.
 
 Why
     The difference is what the mesh costs: HTTP, three gRPC hops, catalog look-ups, the
@@ -42,11 +43,13 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
-from rasterio.io import DatasetReader, DatasetWriter, MemoryFile
+from rasterio.io import DatasetReader, MemoryFile
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
 from _mesh import machine, running_mesh
+from transformers.gdal.formats import EXTENSIONS, TIFF, write_cog
+from transformers.gdal.subset import _write
 
 COLLECTION = "C1233800302-EEDTEST"
 GRANULE_ID = "G1233800343-EEDTEST"
@@ -59,9 +62,6 @@ BBOX = (110.0, -45.75, 156.0, -9.0)  # west, south, east, north: the same subset
 WGS84 = CRS.from_epsg(4326)
 CONCURRENCIES = (1, 8)
 
-# The transformer's GeoTIFF creation options (transformers/gdal/subset.py, _write_tiff).
-_TILE = 256
-_GEOTIFF_OPTIONS: dict[str, object] = {"driver": "GTiff", "compress": "deflate", "bigtiff": "if_safer"}
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
@@ -177,47 +177,17 @@ def _span(start: float, stop: float, size: int) -> tuple[int, int]:
     return first, max(last, first + 1)
 
 
-def geotiff_profile(src: DatasetReader, window: Window, dtype: np.dtype) -> dict[str, object]:
-    width, height = int(window.width), int(window.height)
-    profile: dict[str, object] = {
-        **_GEOTIFF_OPTIONS,
-        "width": width,
-        "height": height,
-        "count": src.count,
-        "dtype": dtype,
-        "crs": src.crs,
-        "transform": src.window_transform(window),
-        "nodata": src.nodatavals[0],
-    }
-    if width >= _TILE and height >= _TILE:
-        profile.update(tiled=True, blockxsize=_TILE, blockysize=_TILE)
-    return profile
-
-
-def copy_metadata(src: DatasetReader, dst: DatasetWriter) -> None:
-    """The descriptive metadata the transformer carries over (tags, names, colours, scales)."""
-    dst.update_tags(**src.tags())
-    for band in src.indexes:
-        if src.descriptions[band - 1]:
-            dst.set_band_description(band, src.descriptions[band - 1])
-        if src.units[band - 1]:
-            dst.set_band_unit(band, src.units[band - 1])
-        dst.update_tags(band, **src.tags(band))
-    dst.colorinterp = src.colorinterp
-    dst.scales = src.scales
-    dst.offsets = src.offsets
-
-
 def crop_to_geotiff(src: DatasetReader, bbox: tuple[float, float, float, float]) -> bytes:
-    """The crop's GeoTIFF bytes: window from the bbox, all bands read, written to memory."""
+    """The crop's GeoTIFF bytes, as the transformer makes them (transformers/gdal/subset.py, subset()):
+    the window from the bbox, every band, written by its own COG writer (formats.write_cog) through
+    its own scratch-file helper (subset._write: a fresh temp file, no PAM sidecar), read back and
+    removed, as the transformer streams and deletes its scratch file."""
     window = pixel_window(src, bbox)
-    dtype = np.result_type(*src.dtypes)
-    data = src.read(window=window, out_dtype=dtype)
-    with rasterio.Env(GDAL_PAM_ENABLED="NO"), MemoryFile() as memory:
-        with memory.open(**geotiff_profile(src, window, dtype)) as dst:
-            dst.write(data)
-            copy_metadata(src, dst)
-        return bytes(memory.getbuffer())
+    path = _write(src, src, list(src.indexes), window, write_cog, None, EXTENSIONS[TIFF])
+    try:
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
 
 
 class ThreadDatasets:

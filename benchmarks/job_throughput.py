@@ -9,7 +9,8 @@ What it measures
     says successful; then the job must list one data link per input granule and its staged files
     must hold some bytes. Against it, the floor for that work on this machine: a
     ProcessPoolExecutor with one process per core, each granule opened with rasterio, read (whole,
-    or the --bbox window) and written to a temp dir as the GeoTIFF the transformer writes.
+    or the --bbox window) and written to a temp dir by the transformer's own writer
+    (transformers/gdal/formats.py, write_cog: a Cloud Optimized GeoTIFF).
 
 Why
     A bulk job's throughput is what a Harmony user waits for. The ratio is what the job machinery
@@ -47,13 +48,13 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import aiohttp
-import numpy as np
 import rasterio
 from rasterio.windows import Window
 
 from _mesh import Mesh, machine, running_mesh, service_cpu_seconds, tail
-from bbox_crop import BBOX, COLLECTION, GRANULE_ID, copy_metadata, geotiff_profile, pixel_window
+from bbox_crop import BBOX, COLLECTION, GRANULE_ID, pixel_window
 from geomesh.model import BBox
+from transformers.gdal.formats import write_cog
 
 RANGESET = f"/{COLLECTION}/ogc-api-coverages/1.0.0/collections/all/coverage/rangeset"
 BBOX_QUERY = "subset=lat(-45.75:-9)&subset=lon(110:156)"  # BBOX, as the seed notebook writes it
@@ -106,17 +107,15 @@ def granule_paths(data_dir: Path, bbox: tuple[float, float, float, float] | None
 
 
 def convert(source: Path, out_dir: Path, crop: bool) -> tuple[int, float]:
-    """One granule as the transformer does it: every band, whole or cropped, to a GeoTIFF with
-    its creation options and metadata. Returns the output's size and the CPU seconds it took."""
+    """One granule as the transformer does it: every band, whole or cropped, written by its own
+    COG writer (formats.write_cog, with PAM off as subset._write has it) straight into out_dir.
+    Returns the output's size and the CPU seconds it took (process-wide, so the COG driver's
+    compression threads count too)."""
     cpu = time.process_time()
     target = out_dir / source.name
     with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(source) as src:
         window = pixel_window(src, BBOX) if crop else Window(0, 0, src.width, src.height)
-        dtype = np.result_type(*src.dtypes)
-        data = src.read(window=window, out_dtype=dtype)
-        with rasterio.open(target, "w", **geotiff_profile(src, window, dtype)) as dst:
-            dst.write(data)
-            copy_metadata(src, dst)
+        write_cog(src, src, list(src.indexes), window, target)
     return target.stat().st_size, time.process_time() - cpu
 
 
