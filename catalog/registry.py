@@ -142,10 +142,14 @@ class Registry:
                 f"none of the accepted formats ({', '.join(operations.accepted_formats)}) can be produced for "
                 f"{collection_id}; supported formats are: {', '.join(formats)}"
             )
-        raise UnsupportedOperationError(
+        message = (
             f"the requested combination of operations: {' and '.join(operations.describe())} on {collection_id} "
             "is unsupported"
         )
+        if capable and operations.output_format:  # everything but the format could be done: say which formats
+            formats = sorted({f for s in capable for f in s.capabilities.output_formats})
+            message += f"; supported output formats are: {', '.join(formats)}"
+        raise UnsupportedOperationError(message)
 
 
 def _can_do(capabilities: Capabilities, operations: Operations) -> bool:

@@ -114,7 +114,10 @@ async def test_an_unsupported_format_is_422(mesh: Mesh) -> None:
     assert "supported formats are: image/gif, image/jpeg, image/png, image/tiff" in error["description"]
     status, _, body = await get(f"{mesh.rangeset()}{SEED_BBOX}&format=application/x-netcdf4")
     assert status == 422
-    assert "reformatting to application/x-netcdf4 on C1233800302-EEDTEST is unsupported" in json.loads(body)["description"]
+    assert json.loads(body)["description"] == (
+        "Error: the requested combination of operations: spatial subsetting and reformatting to application/x-netcdf4 on "
+        "C1233800302-EEDTEST is unsupported; supported output formats are: image/gif, image/jpeg, image/png, image/tiff"
+    )
 
 
 async def test_a_transparent_gif_pixel_is_the_sea(mesh: Mesh) -> None:
