@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import click
 
 from geomesh import jobs_cli
+from geomesh.settings import TRANSFORMER_FAMILIES
 
 SERVICES = ("catalog", "transformer", "scheduler", "edge")
 
@@ -71,8 +73,9 @@ async def _serve(service: str) -> None:
         from scheduler.service import serve as start
         running = await start(settings.SchedulerSettings())
     else:
-        from transformers.gdal.service import serve as start
-        running = await start(settings.TransformerSettings())
+        transformer = settings.TransformerSettings()
+        family = importlib.import_module(f"transformers.{transformer.family}.service")
+        running = await family.serve(transformer)
     await run_until_signalled(running)
 
 
@@ -82,29 +85,49 @@ class _Ports:
     edge: int
     scheduler: int
     catalog: int
-    transformer: int
-    metrics: int  # first of three consecutive ports for the gRPC services' /metrics
+    transformer: int  # the first family's; the others take the ports after it
+    metrics: int  # first of the consecutive ports for the gRPC services' /metrics
+
+    @property
+    def transformers(self) -> dict[str, int]:
+        return {family: self.transformer + i for i, family in enumerate(TRANSFORMER_FAMILIES)}
+
+    @property
+    def grpc(self) -> dict[str, int]:
+        """Each process's gRPC port, in start order."""
+        return {
+            "catalog": self.catalog,
+            **{f"transformer-{family}": port for family, port in self.transformers.items()},
+            "scheduler": self.scheduler,
+        }
 
 
 def _environments(ports: _Ports, data_dir: Path) -> dict[str, dict[str, str]]:
     host = ports.host
+    metrics = {name: ports.metrics + i for i, name in enumerate(ports.grpc)}
+    transformers = {
+        f"transformer-{family}": {
+            "GEOMESH_TRANSFORMER_FAMILY": family,
+            "GEOMESH_TRANSFORMER_HOST": host,
+            "GEOMESH_TRANSFORMER_PORT": str(port),
+            "GEOMESH_TRANSFORMER_METRICS_PORT": str(metrics[f"transformer-{family}"]),
+        }
+        for family, port in ports.transformers.items()
+    }
     return {
         "catalog": {
             "GEOMESH_CATALOG_HOST": host,
             "GEOMESH_CATALOG_PORT": str(ports.catalog),
-            "GEOMESH_CATALOG_METRICS_PORT": str(ports.metrics),
+            "GEOMESH_CATALOG_METRICS_PORT": str(metrics["catalog"]),
             "GEOMESH_CATALOG_DATA_DIR": str(data_dir),
-            "GEOMESH_GDAL_ADDRESSES": f"{host}:{ports.transformer}",
+            # read by services.yml
+            **{f"GEOMESH_{family.upper()}_ADDRESSES": f"{host}:{port}" for family, port in ports.transformers.items()},
         },
-        "transformer": {
-            "GEOMESH_TRANSFORMER_HOST": host,
-            "GEOMESH_TRANSFORMER_PORT": str(ports.transformer),
-            "GEOMESH_TRANSFORMER_METRICS_PORT": str(ports.metrics + 1),
-        },
+        **transformers,
         "scheduler": {
             "GEOMESH_SCHEDULER_HOST": host,
             "GEOMESH_SCHEDULER_PORT": str(ports.scheduler),
-            "GEOMESH_SCHEDULER_METRICS_PORT": str(ports.metrics + 2),
+            "GEOMESH_SCHEDULER_METRICS_PORT": str(metrics["scheduler"]),
             "GEOMESH_SCHEDULER_CATALOG_ADDRESS": f"{host}:{ports.catalog}",
             "GEOMESH_SCHEDULER_DATA_DIR": str(data_dir),
         },
@@ -122,8 +145,8 @@ def _environments(ports: _Ports, data_dir: Path) -> dict[str, dict[str, str]]:
 @click.option("--port", "edge_port", default=3000, show_default=True, help="HTTP port of the edge.")
 @click.option("--scheduler-port", default=50051, show_default=True)
 @click.option("--catalog-port", default=50052, show_default=True)
-@click.option("--transformer-port", default=50061, show_default=True)
-@click.option("--metrics-port", default=9151, show_default=True, help="First of 3 ports for the gRPC services' /metrics.")
+@click.option("--transformer-port", default=50061, show_default=True, help="First of one port per transformer family.")
+@click.option("--metrics-port", default=9151, show_default=True, help="First of the ports for the gRPC services' /metrics.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".data"), show_default=True)
 def up(
     host: str, edge_port: int, scheduler_port: int, catalog_port: int, transformer_port: int, metrics_port: int, data_dir: Path
@@ -147,18 +170,20 @@ def up(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        for service in SERVICES:
-            env = {**os.environ, **environments[service]}
-            children[service] = subprocess.Popen([sys.executable, "-m", "geomesh.cli", "serve", service], env=env)
+        for name, environment in environments.items():
+            service = name.split("-", 1)[0]  # transformer-gdal -> transformer
+            env = {**os.environ, **environment}
+            children[name] = subprocess.Popen([sys.executable, "-m", "geomesh.cli", "serve", service], env=env)
         _wait_until_ready(ports, children)
         click.echo(
             f"geomesh is up:\n"
             f"  edge        http://{host}:{ports.edge}/  (try http://{host}:{ports.edge}/C1233800302-EEDTEST/ogc-api-coverages/1.0.0/)\n"
-            f"  metrics     http://{host}:{ports.edge}/metrics, http://{host}:{ports.metrics}..{ports.metrics + 2}/metrics\n"
+            f"  metrics     http://{host}:{ports.edge}/metrics, "
+            f"http://{host}:{ports.metrics}..{ports.metrics + len(ports.grpc) - 1}/metrics\n"
             f"  scheduler   {host}:{ports.scheduler} (gRPC)\n"
             f"  catalog     {host}:{ports.catalog} (gRPC)\n"
-            f"  transformer {host}:{ports.transformer} (gRPC, gdal)\n"
-            f"press Ctrl-C to stop"
+            + "".join(f"  transformer {host}:{port} (gRPC, {family})\n" for family, port in ports.transformers.items())
+            + "press Ctrl-C to stop"
         )
         while not stopping:
             exited = [name for name, child in children.items() if child.poll() is not None]
@@ -173,7 +198,7 @@ def _wait_until_ready(ports: _Ports, children: dict[str, subprocess.Popen[bytes]
     import socket
 
     deadline = time.monotonic() + timeout
-    pending = {"catalog": ports.catalog, "transformer": ports.transformer, "scheduler": ports.scheduler, "edge": ports.edge}
+    pending = {**ports.grpc, "edge": ports.edge}
     while pending:
         for name, port in list(pending.items()):
             if children[name].poll() is not None:

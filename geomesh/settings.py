@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path(".data")
@@ -34,17 +34,28 @@ class CatalogSettings(_Service):
     services_file: Path | None = None
 
 
+# Transformer families: transformers/<family>/service.py serve(). `geomesh up` starts one of each.
+TRANSFORMER_FAMILIES = ("gdal",)
+
+
 class TransformerSettings(_Service):
     model_config = SettingsConfigDict(env_prefix="GEOMESH_TRANSFORMER_")
 
     port: int = 50061
-    family: Literal["gdal"] = "gdal"
+    family: str = "gdal"
     # Raster work runs on this many threads, off the event loop.
     workers: int = Field(default=4, ge=1)
     # Open datasets kept between requests (GDAL's block cache makes repeated crops cheap).
     open_datasets: int = Field(default=64, ge=0)
     chunk_bytes: int = Field(default=256 * 1024, ge=4096)
     scratch_dir: Path | None = None
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str) -> str:
+        if family not in TRANSFORMER_FAMILIES:
+            raise ValueError(f"unknown transformer family {family!r}; families: {', '.join(TRANSFORMER_FAMILIES)}")
+        return family
 
 
 class SchedulerSettings(_Service):

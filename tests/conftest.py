@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from catalog.demo.generate import generate_demo
-from geomesh.settings import CatalogSettings, EdgeSettings, SchedulerSettings, TransformerSettings
+from geomesh.settings import TRANSFORMER_FAMILIES, CatalogSettings, EdgeSettings, SchedulerSettings, TransformerSettings
 from tests.loopback import serve_app
 
 GLOBAL_GRANULE = "G1233800343-EEDTEST"
@@ -29,9 +31,10 @@ class Mesh:
     url: str                 # the edge, e.g. http://127.0.0.1:40123
     catalog_address: str
     scheduler_address: str
-    transformer_address: str
+    transformer_address: str  # the gdal transformer's
     data_dir: Path
     staging_dir: Path
+    transformer_addresses: dict[str, str]  # by family
 
     def coverages(self, collection: str = HARMONY_EXAMPLE) -> str:
         return f"{self.url}/{collection}/ogc-api-coverages/1.0.0"
@@ -44,14 +47,18 @@ class Mesh:
 async def running_mesh(
     data_dir: Path, work_dir: Path, *, edge: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None
 ) -> AsyncIterator[Mesh]:
-    """Start transformer, catalog, scheduler and edge on demo data in data_dir; stop them afterwards."""
+    """Start the transformers, catalog, scheduler and edge on demo data in data_dir; stop them afterwards."""
     from catalog.service import serve as serve_catalog
     from edge.app import create_app
     from scheduler.service import serve as serve_scheduler
-    from transformers.gdal.service import serve as serve_transformer
 
-    transformer = await serve_transformer(TransformerSettings(port=0, scratch_dir=work_dir / "scratch", workers=2))
-    os.environ["GEOMESH_GDAL_ADDRESSES"] = transformer.address  # read by services.yml
+    transformers = {}
+    for family in TRANSFORMER_FAMILIES:
+        service = importlib.import_module(f"transformers.{family}.service")
+        settings = TransformerSettings(family=family, port=0, scratch_dir=work_dir / "scratch", workers=2)
+        transformers[family] = await service.serve(settings)
+        os.environ[f"GEOMESH_{family.upper()}_ADDRESSES"] = transformers[family].address  # read by services.yml
+    addresses = {family: server.address for family, server in transformers.items()}
     catalog = await serve_catalog(CatalogSettings(port=0, data_dir=data_dir))
     scheduler_settings = SchedulerSettings(
         port=0, catalog_address=catalog.address, data_dir=work_dir, retry_delay_seconds=0.05, **(scheduler or {})
@@ -63,11 +70,11 @@ async def running_mesh(
     try:
         async with serve_app(app) as url:
             yield Mesh(
-                url, catalog.address, running_scheduler.address, transformer.address, data_dir,
-                scheduler_settings.resolved_staging_dir,
+                url, catalog.address, running_scheduler.address, addresses["gdal"], data_dir,
+                scheduler_settings.resolved_staging_dir, addresses,
             )
     finally:
-        for server in (running_scheduler, catalog, transformer):
+        for server in (running_scheduler, catalog, *transformers.values()):
             await server.stop(grace=1)
 
 
@@ -109,7 +116,7 @@ async def secured(mesh: Mesh, tmp_path: Path) -> AsyncIterator[Mesh]:
         EdgeSettings(port=0, scheduler_address=mesh.scheduler_address, catalog_address=mesh.catalog_address, users_file=users_file)
     )
     async with serve_app(app) as url:
-        yield Mesh(url, mesh.catalog_address, mesh.scheduler_address, mesh.transformer_address, mesh.data_dir, mesh.staging_dir)
+        yield dataclasses.replace(mesh, url=url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
@@ -199,7 +200,7 @@ async def secured(mesh: Mesh, tmp_path: Path) -> AsyncIterator[Mesh]:
     )
     settings = EdgeSettings(port=0, scheduler_address=mesh.scheduler_address, catalog_address=mesh.catalog_address, users_file=users)
     async with serve_app(create_app(settings)) as url:
-        yield Mesh(url, mesh.catalog_address, mesh.scheduler_address, mesh.transformer_address, mesh.data_dir, mesh.staging_dir)
+        yield dataclasses.replace(mesh, url=url)
 
 
 async def test_credentials_and_labels(secured: Mesh, tmp_path: Path) -> None:

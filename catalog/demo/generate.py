@@ -185,30 +185,40 @@ def _collection(granules: list[GranuleRecord]) -> CollectionRecord:
     )
 
 
+# The other demo collections: modules with load_granules() (records with an `id`) and
+# build_collection(data_dir, granules) -> CollectionRecord, which writes the files too.
+OTHER_COLLECTIONS = (atl08,)
+
+
 def generate_demo(data_dir: Path, *, granules: Iterable[str] | None = None) -> Path:
     """Write the demo files and catalog.json under data_dir; return catalog.json's path.
 
-    `granules` (ids of either collection) restricts the work, for fast tests: catalog.json then
+    `granules` (ids of any demo collection) restricts the work, for fast tests: catalog.json then
     lists only those granules, and only the collections they belong to.
     """
     data_dir = Path(data_dir).resolve()
     selected = load_granules()
-    selected_atl08 = atl08.load_granules()
+    others = [module.load_granules() for module in OTHER_COLLECTIONS]
     if granules is not None:
         wanted = set(granules)
-        unknown = wanted - {g.id for g in selected} - {g.id for g in selected_atl08}
+        unknown = wanted - {g.id for g in selected} - {g.id for listed in others for g in listed}
         if unknown:
             raise ValueError(f"unknown demo granule ids: {sorted(unknown)}")
         selected = [g for g in selected if g.id in wanted]
-        selected_atl08 = [g for g in selected_atl08 if g.id in wanted]
+        others = [[g for g in listed if g.id in wanted] for listed in others]
 
     paths = [granule_path(data_dir, g) for g in selected]
     workers = min(len(selected), os.cpu_count() or 1) or 1
-    # numpy and GDAL release the GIL while rendering and compressing, so threads scale; h5py
-    # does not, so the HDF5 files are written on one extra thread alongside.
-    with ThreadPoolExecutor(max_workers=workers + 1) as pool:
-        atl08_collection = pool.submit(atl08.build_collection, data_dir, selected_atl08)
+    # numpy and GDAL release the GIL while rendering and compressing, so threads scale; the other
+    # collections (h5py, netCDF4: less so) are written on extra threads alongside.
+    with ThreadPoolExecutor(max_workers=workers + len(others)) as pool:
+        built = [
+            pool.submit(module.build_collection, data_dir, listed)
+            for module, listed in zip(OTHER_COLLECTIONS, others, strict=True)
+            if granules is None or listed
+        ]
         list(pool.map(write_granule, selected, paths))
+        collections = [future.result() for future in built]
 
     records = [
         GranuleRecord(
@@ -217,11 +227,8 @@ def generate_demo(data_dir: Path, *, granules: Iterable[str] | None = None) -> P
         )
         for g, p in zip(selected, paths)
     ]
-    collections = []
     if granules is None or selected:
-        collections.append(_collection(records))
-    if granules is None or selected_atl08:
-        collections.append(atl08_collection.result())
+        collections.insert(0, _collection(records))
     catalog_path = data_dir / "catalog.json"
     tmp = catalog_path.with_name("catalog.json.part")
     tmp.write_text(CatalogFile(collections=collections).model_dump_json(indent=1))

@@ -23,7 +23,7 @@ from geomesh.settings import TransformerSettings
 from geomesh.v1 import request_pb2, transformer_pb2, transformer_pb2_grpc, types_pb2
 from transformers.gdal import service
 from transformers.gdal.datasets import DatasetPool
-from transformers.gdal.service import GdalTransformer, TransformerServer, serve, subset_request
+from transformers.gdal.service import GdalTransformer, TransformerServer, serve
 from transformers.gdal.subset import _pixel_span, gdal_path, output_file_name
 
 CHUNK = 16 * 1024
@@ -271,7 +271,7 @@ async def test_output_of_work_cancelled_while_running_is_removed(
 
     monkeypatch.setattr(service, "subset", held_subset)
     transformer = GdalTransformer(TransformerSettings(port=0, workers=1, scratch_dir=tmp_path))
-    task = asyncio.create_task(transformer._run(subset_request(work_item(global_tif))))
+    task = asyncio.create_task(transformer._run(transformer.prepare(work_item(global_tif))))
     assert await asyncio.to_thread(started.wait, 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -17,7 +17,8 @@ from rasterio.transform import from_origin
 from geomesh.errors import RequestValidationError
 from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool
-from transformers.gdal.subset import SubsetRequest, SubsetResult, subset
+from transformers.gdal.subset import SubsetRequest, subset
+from transformers.serving import FileOutput
 
 RGBA = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
 # Four flat colours, one per quadrant; the top-left quadrant is transparent.
@@ -98,12 +99,12 @@ def pool() -> DatasetPool:
 
 
 def run(pool: DatasetPool, scratch: Path, path: Path, media_type: str, variables: tuple[str, ...] = (),
-        bbox: BBox | None = None) -> SubsetResult:
+        bbox: BBox | None = None) -> FileOutput:
     request = SubsetRequest("G1", path.name, path.as_uri(), media_type, variables, bbox)
     return subset(request, pool, scratch)
 
 
-def read(result: SubsetResult) -> DatasetReader:
+def read(result: FileOutput) -> DatasetReader:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return rasterio.open(result.path)

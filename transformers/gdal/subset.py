@@ -31,6 +31,7 @@ from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool
 from transformers.gdal.formats import EXTENSIONS, NAMES, TIFF, WRITERS, Writer
 from transformers.gdal.reproject import Grid, GridSpec, output_grid, target_crs, warped
+from transformers.serving import FileOutput
 
 WGS84 = CRS.from_epsg(4326)
 
@@ -50,16 +51,6 @@ class SubsetRequest:
     bbox: BBox | None = None
     # Output CRS and grid (outputCrs, scaleExtent, scaleSize, width, height, interpolation).
     grid: GridSpec = GridSpec()
-
-
-@dataclass(frozen=True, slots=True)
-class SubsetResult:
-    path: Path
-    media_type: str
-    file_name: str
-    # The output's extent in WGS84; None when the source has no CRS.
-    bbox: BBox | None
-    size_bytes: int
 
 
 def output_format(media_type: str) -> str:
@@ -103,7 +94,7 @@ def output_file_name(
     return name + EXTENSIONS[media_type]
 
 
-def subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None = None) -> SubsetResult:
+def subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None = None) -> FileOutput:
     """Read only the requested bands and window of a granule and write them in the requested format."""
     media_type = output_format(request.media_type)
     source = gdal_path(request.href)
@@ -129,7 +120,7 @@ def subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None =
                     path = _write(vrt, src, bands, whole, writer, scratch_dir, extension)
     except (RasterioError, OSError) as error:
         raise TransformError(f"Cannot process granule {request.granule_id} ({request.href}): {error}") from error
-    return SubsetResult(
+    return FileOutput(
         path=path,
         media_type=media_type,
         file_name=output_file_name(

@@ -1,0 +1,139 @@
+"""What every transformer shares: blocking work off the event loop, its output file streamed, then deleted.
+
+A transformer family (gdal, netcdf, swath) subclasses FileTransformer and implements `prepare`:
+check a WorkItem on the event loop (bad requests fail fast, before a thread is taken) and return
+the blocking function that writes the output to a scratch file. Everything else (the worker
+threads, streaming in chunk_bytes pieces, deleting the file whatever happens to the call, the
+gRPC server) lives here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+
+from geomesh.metrics import OUTPUT_BYTES
+from geomesh.model import BBox, optional_bbox, optional_time
+from geomesh.rpc import RunningServer, start_server
+from geomesh.settings import TransformerSettings
+from geomesh.v1 import transformer_pb2, transformer_pb2_grpc
+
+SERVICE_NAME = "geomesh.v1.Transformer"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileOutput:
+    """One granule's output, written to a scratch file that the service streams and deletes."""
+
+    path: Path
+    media_type: str
+    file_name: str
+    # The output's extent in WGS84; None when unknown (the granule's own bbox is reported then).
+    bbox: BBox | None
+    size_bytes: int
+
+
+class FileTransformer(transformer_pb2_grpc.TransformerServicer):
+    """Describe and Transform for a family; subclasses say what they do and implement `prepare`."""
+
+    family: str = ""
+    operations: tuple[str, ...] = ()
+    output_formats: tuple[str, ...] = ()
+
+    def __init__(self, settings: TransformerSettings) -> None:
+        self.settings = settings
+        self.executor = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix=self.family)
+        self.output_bytes = OUTPUT_BYTES.labels(f"transformer-{self.family}")
+
+    def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
+        """Check the item (raising geomesh.errors for bad ones) and return the blocking work to run."""
+        raise NotImplementedError
+
+    async def Describe(
+        self, request: transformer_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> transformer_pb2.TransformerInfo:
+        return transformer_pb2.TransformerInfo(
+            family=self.family, output_formats=list(self.output_formats), operations=list(self.operations)
+        )
+
+    async def Transform(
+        self, request: transformer_pb2.WorkItem, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[transformer_pb2.OutputChunk]:
+        work = self.prepare(request)
+        result = await self._run(work)
+        try:
+            yield transformer_pb2.OutputChunk(header=_header(result, request.granule))
+            loop = asyncio.get_running_loop()
+            with open(result.path, "rb") as output:
+                while chunk := await loop.run_in_executor(None, output.read, self.settings.chunk_bytes):
+                    self.output_bytes.inc(len(chunk))
+                    yield transformer_pb2.OutputChunk(data=chunk)
+        finally:
+            result.path.unlink(missing_ok=True)
+
+    async def _run(self, work: Callable[[], FileOutput]) -> FileOutput:
+        """Run on a worker thread; if the caller goes away first, the output is deleted when done."""
+        future = self.executor.submit(work)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_discard_output)
+            raise
+
+    async def close(self) -> None:
+        """Let running work finish; subclasses also release what they keep open."""
+        await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
+
+
+def _discard_output(future: concurrent.futures.Future[FileOutput]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().path.unlink(missing_ok=True)
+
+
+def _header(result: FileOutput, granule: transformer_pb2.Granule) -> transformer_pb2.OutputHeader:
+    header = transformer_pb2.OutputHeader(
+        file_name=result.file_name, media_type=result.media_type, granule_id=granule.id, size_bytes=result.size_bytes
+    )
+    bbox = result.bbox or optional_bbox(granule)
+    if bbox is not None:
+        header.bbox.CopyFrom(bbox.to_proto())
+    temporal = optional_time(granule)
+    if temporal is not None:
+        header.temporal.CopyFrom(temporal.to_proto())
+    return header
+
+
+@dataclasses.dataclass
+class TransformerServer(RunningServer):
+    """A running transformer; stopping it also closes its threads and what it keeps open."""
+
+    transformer: FileTransformer | None = None
+
+    async def stop(self, grace: float = 5.0) -> None:
+        await super().stop(grace)
+        if self.transformer is not None:
+            await self.transformer.close()
+
+
+async def serve_transformer(
+    settings: TransformerSettings, make: Callable[[TransformerSettings], FileTransformer]
+) -> TransformerServer:
+    """Start a transformer on settings.host:settings.port (0 picks a free port)."""
+    if settings.scratch_dir is not None:
+        Path(settings.scratch_dir).mkdir(parents=True, exist_ok=True)
+    transformer = make(settings)
+    running = await start_server(
+        f"transformer-{transformer.family}",
+        lambda server: transformer_pb2_grpc.add_TransformerServicer_to_server(transformer, server),
+        [SERVICE_NAME],
+        host=settings.host,
+        port=settings.port,
+        metrics_port=settings.metrics_port,
+    )
+    fields = {field.name: getattr(running, field.name) for field in dataclasses.fields(running)}
+    return TransformerServer(**fields, transformer=transformer)
