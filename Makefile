@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test bench bench-jobs bench-wms install clean
+.PHONY: up test bench bench-jobs bench-reproject bench-wms install clean
 
 $(BIN)/geomesh: pyproject.toml setup.py $(wildcard protos/geomesh/v1/*.proto)
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ bench-jobs: install  ## a 177-granule async job vs a multiprocess rasterio loop
 	$(BIN)/python benchmarks/job_throughput.py
 
 MAPSERVER_PACKAGES := cgi-mapserver mapserver-bin lighttpd
+
+bench-reproject: install  ## reprojection to EPSG:6933 (bbox and whole granule) vs rasterio in-process
+	$(BIN)/python benchmarks/reproject.py
 
 bench-wms: install  ## WMS GetMap through the mesh vs MapServer 8 (FastCGI behind lighttpd)
 	@if ! command -v mapserv >/dev/null || ! PATH="$$PATH:/usr/sbin:/sbin" command -v lighttpd >/dev/null; then \

@@ -21,6 +21,8 @@ from pathlib import Path
 import aiohttp
 import rasterio
 
+from geomesh.settings import TRANSFORMER_FAMILIES
+
 UP_TIMEOUT_S = 90.0
 STOP_GRACE_S = 20.0
 
@@ -33,36 +35,39 @@ class Mesh:
     pid: int
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> tuple[list[int], int]:
-    """`count` free ports, and the first of three consecutive free ones (for the metrics)."""
-    held: list[socket.socket] = []
-
-    def bind(port: int) -> socket.socket | None:
-        sock = socket.socket()
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` consecutive free ports (`geomesh up` numbers transformers and metrics ports on from a first)."""
+    for _ in range(100):
+        held: list[socket.socket] = []
         try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            return None
-        held.append(sock)
-        return sock
+            first = _bind(host, 0, held)
+            if first is not None and first + count - 1 <= 65535 and all(
+                _bind(host, first + i, held) is not None for i in range(1, count)
+            ):
+                return list(range(first, first + count))
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f"found no {count} consecutive free ports")
 
+
+def _bind(host: str, port: int, held: list[socket.socket]) -> int | None:
+    sock = socket.socket()
     try:
-        ports = [bind(0).getsockname()[1] for _ in range(count)]  # type: ignore[union-attr]
-        for _ in range(100):
-            first = bind(0).getsockname()[1]  # type: ignore[union-attr]
-            if first + 2 <= 65535 and bind(first + 1) is not None and bind(first + 2) is not None:
-                return ports, first
-        raise RuntimeError("found no three consecutive free ports for the metrics")
-    finally:
-        for sock in held:
-            sock.close()
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    held.append(sock)
+    return sock.getsockname()[1]
 
 
 @contextmanager
 def running_mesh(data_dir: Path, log_path: Path, host: str = "127.0.0.1") -> Iterator[Mesh]:
     """`geomesh up` in its own session, until it says it is up; SIGTERM (then SIGKILL) on exit."""
-    (edge, scheduler, catalog, transformer), metrics = free_ports(4, host)
+    edge, scheduler, catalog = free_ports(3, host)
+    transformer = free_ports(len(TRANSFORMER_FAMILIES), host)[0]
+    metrics = free_ports(len(TRANSFORMER_FAMILIES) + 2, host)[0]
     command = [
         sys.executable, "-m", "geomesh.cli", "up", "--host", host, "--port", str(edge),
         "--scheduler-port", str(scheduler), "--catalog-port", str(catalog),
@@ -105,7 +110,8 @@ def service_cpu_seconds(mesh: Mesh) -> dict[str, float]:
     """CPU seconds (user + system, all threads) each service process has used so far, by service.
 
     Read from /proc/<pid>/stat of the `up` process's children (Linux only; empty elsewhere), so no
-    psutil is needed. A service is named by the last word of its command line (`serve <name>`).
+    psutil is needed. A service is named by the last word of its command line (`serve <name>`),
+    a transformer by its family too (`transformer-gdal`).
     """
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     used: dict[str, float] = {}
@@ -116,7 +122,11 @@ def service_cpu_seconds(mesh: Mesh) -> dict[str, float]:
             if int(fields[1]) != mesh.pid:  # ppid
                 continue
             name = (stat_path.parent / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")[-1].decode()
-        except (OSError, IndexError, ValueError):
+            if name == "transformer":
+                environ = (stat_path.parent / "environ").read_bytes().split(b"\0")
+                family = next(v for v in environ if v.startswith(b"GEOMESH_TRANSFORMER_FAMILY="))
+                name += "-" + family.split(b"=", 1)[1].decode()
+        except (OSError, IndexError, ValueError, StopIteration):
             continue  # gone meanwhile, or not ours to read
         used[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     return used

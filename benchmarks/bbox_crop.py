@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,14 +216,19 @@ class ThreadDatasets:
 
 
 def run_in_process(
-    executor: ThreadPoolExecutor, datasets: ThreadDatasets, concurrency: int, requests: int, max_seconds: float
+    executor: ThreadPoolExecutor,
+    datasets: ThreadDatasets,
+    work: Callable[[DatasetReader], bytes],
+    concurrency: int,
+    requests: int,
+    max_seconds: float,
 ) -> tuple[list[Outcome], float]:
-    """Keep `concurrency` crops in flight until `requests` were started or `max_seconds` passed."""
+    """Keep `concurrency` runs of `work` in flight until `requests` were started or `max_seconds` passed."""
 
     def one() -> Outcome:
         started = time.perf_counter()
         try:
-            body = crop_to_geotiff(datasets.get(), BBOX)
+            body = work(datasets.get())
         except Exception as error:  # noqa: BLE001 - every failure is counted, none stops the cell
             return Outcome(time.perf_counter() - started, error=f"{type(error).__name__}: {error}")
         return Outcome(time.perf_counter() - started, body=body)
@@ -242,12 +248,14 @@ def run_in_process(
     return outcomes, time.perf_counter() - started
 
 
-def rasterio_cell(path: Path, concurrency: int, requests: int, warmup: int, max_seconds: float) -> Cell:
+def rasterio_cell(
+    path: Path, work: Callable[[DatasetReader], bytes], concurrency: int, requests: int, warmup: int, max_seconds: float
+) -> Cell:
     datasets = ThreadDatasets(path)
-    executor = ThreadPoolExecutor(concurrency, thread_name_prefix="crop")
+    executor = ThreadPoolExecutor(concurrency, thread_name_prefix="rasterio")
     try:
-        run_in_process(executor, datasets, concurrency, max(warmup, concurrency), max_seconds)
-        outcomes, wall = run_in_process(executor, datasets, concurrency, requests, max_seconds)
+        run_in_process(executor, datasets, work, concurrency, max(warmup, concurrency), max_seconds)
+        outcomes, wall = run_in_process(executor, datasets, work, concurrency, requests, max_seconds)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
         datasets.close()
@@ -393,7 +401,9 @@ def measure(args: argparse.Namespace, data_dir: Path, log_path: Path) -> list[Ce
             url = up.url + RANGESET
             mesh = asyncio.run(mesh_cell(url, concurrency, args.requests, args.warmup, args.max_seconds))
             print(f"  rasterio c={concurrency} ...", flush=True)
-            local = rasterio_cell(granule, concurrency, args.requests, args.warmup, args.max_seconds)
+            local = rasterio_cell(
+                granule, lambda src: crop_to_geotiff(src, BBOX), concurrency, args.requests, args.warmup, args.max_seconds
+            )
             cells += [assess(mesh, reference, expected), assess(local, reference, expected)]
     return cells
 

@@ -311,7 +311,7 @@ def running_mapserver(granule: Path, scratch: Path, procs: int, processing: list
     mapserv, lighttpd = mapserver_tools()
     root = scratch / "mapserver"
     root.mkdir()
-    (port,), _ = free_ports(1)
+    (port,) = free_ports(1)
     url = f"http://127.0.0.1:{port}/mapserv"
     directives = "".join(f'    PROCESSING "{directive}"\n' for directive in processing)
     (root / "bench.map").write_text(
