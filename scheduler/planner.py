@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from geomesh.errors import RequestValidationError
+from geomesh.model import BBox, optional_bbox
+from geomesh.shapes import GEOJSON, parse_shape
 from geomesh.v1 import catalog_pb2, catalog_pb2_grpc, request_pb2, transformer_pb2, types_pb2
 
 
 @dataclass
 class Plan:
-    request: request_pb2.DataRequest   # collection as a concept id, variables as names
+    request: request_pb2.DataRequest   # collection as a concept id, variables as names, a shape as GeoJSON
     match: catalog_pb2.ServiceMatch
+    # Where granules are searched: the bbox, the shape's bounds, or both intersected (None: anywhere).
+    area: BBox | None = None
 
     @property
     def direct_download(self) -> bool:
@@ -31,8 +36,11 @@ class Planner:
         resolved.collection = collection.id
         del resolved.variables[:]
         resolved.variables.extend(await self._resolve_variables(collection.id, list(request.variables), metadata))
+        area = optional_bbox(resolved)
+        if resolved.HasField("shape"):
+            area = await _normalize_shape(resolved, area)
         match = await self.catalog.MatchService(resolved, metadata=metadata)
-        return Plan(resolved, match)
+        return Plan(resolved, match, area)
 
     async def _resolve_variables(self, collection_id: str, requested: list[str], metadata: tuple) -> list[str]:
         """Requested names or concept ids to variable names; every unknown one is reported at once."""
@@ -48,17 +56,18 @@ class Planner:
         return list(dict.fromkeys(by_key[name] for name in requested))
 
     async def search(
-        self, request: request_pb2.DataRequest, limit: int, metadata: tuple
+        self, request: request_pb2.DataRequest, limit: int, metadata: tuple, area: BBox | None = None
     ) -> tuple[int, list[types_pb2.Granule]]:
-        """Total hits, and the first `limit` matching granules."""
+        """Total hits, and the first `limit` matching granules: in `area` if given (a plan's), else in the bbox."""
         search = catalog_pb2.SearchGranulesRequest(
             collection_id=request.collection,
             granule_ids=request.granule_ids,
             granule_names=request.granule_names,
             limit=limit,
         )
-        if request.HasField("bbox"):
-            search.bbox.CopyFrom(request.bbox)
+        area = area or optional_bbox(request)
+        if area is not None:
+            search.bbox.CopyFrom(area.to_proto())
         if request.HasField("temporal"):
             search.temporal.CopyFrom(request.temporal)
         hits, granules = 0, []
@@ -68,6 +77,32 @@ class Planner:
             else:
                 granules.append(response.granule)
         return hits, granules
+
+
+async def _normalize_shape(request: request_pb2.DataRequest, bbox: BBox | None) -> BBox:
+    """Check the upload now (a bad one fails before any job exists) and replace it by its GeoJSON in WGS84,
+    as Harmony hands services GeoJSON whatever was uploaded; the search area is its bounds (within the bbox).
+
+    Granules are selected by the shape's bounds, not the polygon itself: a granule in a hole or a concave
+    bay of the shape is selected, and the transformer answers that the shape does not intersect it.
+    """
+    upload = request.shape
+    shape = await asyncio.to_thread(parse_shape, upload.content, upload.media_type, upload.file_name)
+    request.shape.CopyFrom(types_pb2.Shape(content=shape.to_geojson(), media_type=GEOJSON, file_name=upload.file_name))
+    area = BBox(*shape.bounds)
+    if bbox is None:
+        return area
+    if bbox.west > bbox.east:  # crossing the antimeridian: the transformer says it cannot
+        return bbox
+    if not area.intersects(bbox):
+        raise RequestValidationError(
+            f"The shape ({area.west:g},{area.south:g},{area.east:g},{area.north:g}) and the requested bounding box "
+            f"({bbox.west:g},{bbox.south:g},{bbox.east:g},{bbox.north:g}) do not overlap (west,south,east,north): "
+            "nothing could be returned. Send a shape and subset=lat()/lon() that share an area, or only one of them."
+        )
+    return BBox(
+        max(area.west, bbox.west), max(area.south, bbox.south), min(area.east, bbox.east), min(area.north, bbox.north)
+    )
 
 
 def work_item(

@@ -74,7 +74,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             if plan.direct_download:
                 yield scheduler_pb2.ExecuteResponse(job=await self._direct_download(plan, metadata))
                 return
-            hits, granules = await self.planner.search(plan.request, limit=2, metadata=metadata)
+            hits, granules = await self.planner.search(plan.request, limit=2, metadata=metadata, area=plan.area)
             if hits == 0 or not granules:
                 raise RequestValidationError("No matching granules found.")
             if not self._runs_sync(plan, hits):
@@ -101,7 +101,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def _create_job(self, plan: Plan, hits: int, metadata: tuple) -> scheduler_pb2.Job:
         request = plan.request
         _require_user(request)
-        hits, granules = await self.planner.search(request, limit=self._granule_limit(request), metadata=metadata)
+        hits, granules = await self.planner.search(
+            request, limit=self._granule_limit(request), metadata=metadata, area=plan.area
+        )
         max_results = request.max_results if request.HasField("max_results") else None
         view = await self.store.create_job(
             NewJob(
@@ -123,7 +125,9 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         """No operation to perform: the granules' own data links answer the request at once."""
         request = plan.request
         _require_user(request)
-        hits, granules = await self.planner.search(request, limit=self._granule_limit(request), metadata=metadata)
+        hits, granules = await self.planner.search(
+            request, limit=self._granule_limit(request), metadata=metadata, area=plan.area
+        )
         if hits == 0 or not granules:
             raise RequestValidationError("No matching granules found.")
         max_results = request.max_results if request.HasField("max_results") else None

@@ -15,6 +15,7 @@ from edge.job_json import job_json
 from edge.rangeset import RangesetParameters, build_request
 from geomesh.errors import GeomeshError, PayloadTooLargeError, RequestValidationError, from_rpc_error
 from geomesh.rpc import REQUEST_ID_KEY
+from geomesh.shapes import media_type_of
 from geomesh.v1 import request_pb2, scheduler_pb2, types_pb2
 
 import grpc
@@ -64,8 +65,10 @@ async def _read_shape(part: BodyPartReader) -> types_pb2.Shape:
         content.extend(chunk)
         if len(content) > SHAPE_LIMIT:
             raise PayloadTooLargeError(f"The shapefile upload is larger than {SHAPE_LIMIT // (1024 * 1024)} MiB")
-    media_type = part.headers.get("Content-Type", "application/octet-stream")
-    return types_pb2.Shape(content=bytes(content), media_type=media_type, file_name=part.filename or "")
+    # The part's Content-Type names the kind; without one (or a generic one) its file name does.
+    file_name = part.filename or ""
+    media_type = media_type_of(part.headers.get("Content-Type"), file_name)
+    return types_pb2.Shape(content=bytes(content), media_type=media_type, file_name=file_name)
 
 
 async def _execute(request: web.Request, params: RangesetParameters, shape: types_pb2.Shape | None) -> web.StreamResponse:

@@ -50,7 +50,7 @@ def _harmony_example(body: dict[str, Any]) -> None:
         "shortName": "harmony_example",
         "variableSubset": True,
         "bboxSubset": True,
-        "shapeSubset": False,
+        "shapeSubset": True,
         "temporalSubset": False,
         "concatenate": False,
         "reproject": True,

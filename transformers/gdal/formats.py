@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import rasterio.shutil
-from rasterio.enums import ColorInterp
+from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
@@ -89,11 +89,14 @@ def _write_gtiff(src: Source, meta: DatasetReader, bands: list[int], window: Win
     slab = max(1, _SLAB_BYTES // row_bytes)
     if tiled:
         slab = max(_TILE, slab - slab % _TILE)
-    with rasterio.open(path, "w", **profile) as dst:
+    masked = _has_mask_band(src, bands)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
         for row in range(0, height, slab):
             rows = min(slab, height - row)
             part = Window(window.col_off, window.row_off + row, width, rows)
             dst.write(src.read(bands, window=part, out_dtype=dtype), window=Window(0, row, width, rows))
+            if masked:
+                dst.write_mask(src.dataset_mask(window=part), window=Window(0, row, width, rows))
         dst.update_tags(**meta.tags())
         for out, band in enumerate(bands, start=1):
             if meta.descriptions[band - 1]:
@@ -111,6 +114,11 @@ def _write_gtiff(src: Source, meta: DatasetReader, bands: list[int], window: Win
                 return False
             return True
     return False
+
+
+def _has_mask_band(src: Source, bands: list[int]) -> bool:
+    """Whether the bands share a GDAL mask band (as a shape-masked crop has), which the GeoTIFF keeps."""
+    return all(list(src.mask_flag_enums[band - 1]) == [MaskFlags.per_dataset] for band in bands)
 
 
 def write_png(src: Source, meta: DatasetReader, bands: list[int], window: Window, path: Path) -> None:

@@ -18,6 +18,7 @@ from geomesh.errors import PayloadTooLargeError, RequestValidationError, Transfo
 from geomesh.model import optional_bbox
 from geomesh.rpc import MESSAGE_LIMIT
 from geomesh.settings import TransformerSettings
+from geomesh.shapes import parse_shape
 from geomesh.v1 import transformer_pb2
 from transformers.gdal import encode
 from transformers.gdal.datasets import DatasetPool
@@ -29,7 +30,7 @@ from transformers.serving import FileOutput, FileTransformer, TransformerServer,
 
 # A rendered map travels in one message: leave room under the gRPC message limit.
 MAP_BYTES_LIMIT = MESSAGE_LIMIT - 64 * 1024
-OPERATIONS = ("variable_subset", "bbox_subset", "reprojection", "render")
+OPERATIONS = ("variable_subset", "bbox_subset", "shape_subset", "reprojection", "render")
 # A map's largest side in pixels (WMS MaxWidth/MaxHeight).
 MAX_MAP_SIDE = 4096
 _BGCOLOR = re.compile(r"(?:0x|#)?([0-9a-f]{6})", re.IGNORECASE)
@@ -50,6 +51,10 @@ def subset_request(item: transformer_pb2.WorkItem) -> SubsetRequest:
         media_type=output_format(item.output.format),
         variables=tuple(item.variables),
         bbox=optional_bbox(item),
+        # The scheduler sends GeoJSON, which parses quickly enough for the event loop.
+        shape=parse_shape(item.shape.content, item.shape.media_type, item.shape.file_name).geometry
+        if item.HasField("shape")
+        else None,
         grid=grid_spec(
             crs=item.output.crs.strip() or None,
             interpolation=item.output.interpolation or None,
@@ -65,12 +70,10 @@ def _refuse_unsupported(item: transformer_pb2.WorkItem) -> None:
     asked: list[str] = []
     if item.dimensions:
         asked.append("dimension subsets (" + ", ".join(d.name for d in item.dimensions) + ")")
-    if item.HasField("shape") and (item.shape.content or item.shape.file_name):
-        asked.append("shape subsets")
     if asked:
         raise UnsupportedOperationError(
-            "The gdal transformer does not support " + ", ".join(asked) + " yet; it does variable and "
-            "bounding-box subsets, reprojection and regridding."
+            "The gdal transformer does not support " + ", ".join(asked) + " yet; it does variable, "
+            "bounding-box and shape subsets, reprojection and regridding."
         )
 
 

@@ -26,10 +26,13 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
+from shapely.geometry.base import BaseGeometry
+
 from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
 from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool
 from transformers.gdal.formats import EXTENSIONS, NAMES, TIFF, WRITERS, Writer
+from transformers.gdal.masking import crop_area, masked_crop
 from transformers.gdal.reproject import Grid, GridSpec, output_grid, target_crs, warped
 from transformers.serving import FileOutput
 
@@ -49,6 +52,8 @@ class SubsetRequest:
     media_type: str
     variables: tuple[str, ...] = ()
     bbox: BBox | None = None
+    # A polygonal shape in WGS84 (geomesh.shapes): crop to its bounds (within bbox), mask outside it.
+    shape: BaseGeometry | None = None
     # Output CRS and grid (outputCrs, scaleExtent, scaleSize, width, height, interpolation).
     grid: GridSpec = GridSpec()
 
@@ -107,28 +112,44 @@ def subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None =
                     f"{NAMES[media_type]} holds at most 4 variables (gray, gray+alpha, RGB or RGBA) but "
                     f"{len(bands)} were selected: ask for fewer variables or for image/tiff."
                 )
-            window = _window(src, request.bbox, request.granule_id)
-            grid = _warp_grid(src, window, request.grid, request.granule_id)
-            writer, extension = WRITERS[media_type], EXTENSIONS[media_type]
-            if grid is None:
-                bbox = _wgs84_bounds(src, window)
-                path = _write(src, src, bands, window, writer, scratch_dir, extension)
+            if request.shape is None:
+                window = _window(src, request.bbox, request.granule_id)
+                bbox, path, grid = _output(src, bands, window, request, scratch_dir)
             else:
-                with warped(src, window, grid, request.grid.resampling) as vrt:
-                    whole = Window(0, 0, vrt.width, vrt.height)
-                    bbox = _wgs84_bounds(vrt, whole)
-                    path = _write(vrt, src, bands, whole, writer, scratch_dir, extension)
+                area = crop_area(request.shape, request.bbox)
+                window = _window(src, area, request.granule_id, subject="shape")
+                with masked_crop(src, bands, window, request.shape, area, request.granule_id, scratch_dir) as cropped:
+                    whole = Window(0, 0, cropped.width, cropped.height)
+                    bbox, path, grid = _output(cropped, list(cropped.indexes), whole, request, scratch_dir)
     except (RasterioError, OSError) as error:
         raise TransformError(f"Cannot process granule {request.granule_id} ({request.href}): {error}") from error
     return FileOutput(
         path=path,
         media_type=media_type,
         file_name=output_file_name(
-            request.granule_name, request.variables, request.bbox is not None, media_type, grid is not None
+            request.granule_name,
+            request.variables,
+            request.bbox is not None or request.shape is not None,
+            media_type,
+            grid is not None,
         ),
         bbox=bbox,
         size_bytes=path.stat().st_size,
     )
+
+
+def _output(
+    src: DatasetReader, bands: list[int], window: Window, request: SubsetRequest, scratch_dir: Path | None
+) -> tuple[BBox | None, Path, Grid | None]:
+    """Warp if asked, then write: the output's WGS84 bbox, its scratch file, and the grid warped onto."""
+    media_type = output_format(request.media_type)
+    grid = _warp_grid(src, window, request.grid, request.granule_id)
+    writer, extension = WRITERS[media_type], EXTENSIONS[media_type]
+    if grid is None:
+        return _wgs84_bounds(src, window), _write(src, src, bands, window, writer, scratch_dir, extension), None
+    with warped(src, window, grid, request.grid.resampling) as vrt:
+        whole = Window(0, 0, vrt.width, vrt.height)
+        return _wgs84_bounds(vrt, whole), _write(vrt, src, bands, whole, writer, scratch_dir, extension), grid
 
 
 def _warp_grid(src: DatasetReader, window: Window, spec: GridSpec, granule_id: str) -> Grid | None:
@@ -173,12 +194,14 @@ def _band_indexes(src: DatasetReader, variables: Sequence[str], granule_id: str)
     return found
 
 
-def _window(src: DatasetReader, bbox: BBox | None, granule_id: str) -> Window:
-    """The pixel window of a WGS84 bbox: whole pixels, edges within half a pixel, clipped to the data."""
+def _window(src: DatasetReader, bbox: BBox | None, granule_id: str, subject: str = "bounding box") -> Window:
+    """The pixel window of a WGS84 bbox: whole pixels, edges within half a pixel, clipped to the data.
+
+    `subject` names what the bbox came from in the error (a shape's bounds, for a shape)."""
     if bbox is None:
         return Window(0, 0, src.width, src.height)
     if src.crs is None:
-        raise UnsupportedOperationError(f"Granule {granule_id} has no CRS, so it cannot be subset by bounding box.")
+        raise UnsupportedOperationError(f"Granule {granule_id} has no CRS, so it cannot be subset by {subject}.")
     if bbox.west > bbox.east:
         raise UnsupportedOperationError("Bounding boxes crossing the antimeridian are not supported yet.")
     extent = _wgs84_bounds(src, Window(0, 0, src.width, src.height))
@@ -187,7 +210,7 @@ def _window(src: DatasetReader, bbox: BBox | None, granule_id: str) -> Window:
     east, north = min(bbox.east, extent.east), min(bbox.north, extent.north)
     if not (_overlaps(bbox.west, bbox.east, west, east) and _overlaps(bbox.south, bbox.north, south, north)):
         raise RequestValidationError(
-            f"The requested bounding box does not intersect granule {granule_id}, whose extent is "
+            f"The requested {subject} does not intersect granule {granule_id}, whose extent is "
             f"{extent.west:g},{extent.south:g},{extent.east:g},{extent.north:g} (west,south,east,north)."
         )
     left, bottom, right, top = transform_bounds(WGS84, src.crs, west, south, east, north, densify_pts=21)
