@@ -1,0 +1,70 @@
+"""One granule's work without gRPC: read the swath, regrid it, write NetCDF-4 or a COG to a scratch file."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from rasterio.errors import RasterioError
+
+from geomesh.errors import TransformError
+from transformers.gdal.reproject import GridSpec
+from transformers.serving import FileOutput
+from transformers.swath.cf_output import write_netcdf
+from transformers.swath.regrid import footprint, regrid, swath_grid
+from transformers.swath.source import local_path, read_swath
+from transformers.swath.tiff_output import write_cog
+
+NETCDF = "application/x-netcdf4"
+TIFF = "image/tiff"
+# The first is the default.
+EXTENSIONS: dict[str, str] = {NETCDF: ".nc", TIFF: ".tif"}
+# Granule names may end with the source file's extension; Harmony's output names drop it.
+_SOURCE_SUFFIX = re.compile(r"\.(nc4?|h5|he5|hdf5?)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class RegridRequest:
+    """One granule's work, in domain terms (the service converts the WorkItem into this)."""
+
+    granule_id: str
+    granule_name: str
+    href: str
+    media_type: str
+    grid: GridSpec = GridSpec()
+
+
+def regrid_granule(request: RegridRequest, scratch_dir: Path | None = None) -> FileOutput:
+    """Regrid the granule's swath as asked and write it; the caller streams and deletes the file."""
+    swath = read_swath(local_path(request.href), request.granule_id)
+    grid = swath_grid(swath, request.grid)
+    descriptor, name = tempfile.mkstemp(prefix="geomesh-swath-", suffix=EXTENSIONS[request.media_type], dir=scratch_dir)
+    os.close(descriptor)
+    path = Path(name)
+    try:
+        try:
+            values = regrid(swath, grid, request.grid.resampling)
+            if request.media_type == NETCDF:
+                write_netcdf(swath, grid, values, path, history=f"regridded by geomesh (swath) from {request.granule_name}")
+            else:
+                write_cog(swath, grid, values, path)
+        except (RasterioError, OSError, ValueError) as error:
+            raise TransformError(f"Cannot regrid granule {request.granule_id}: {error}") from error
+    except BaseException:
+        path.unlink(missing_ok=True)  # no half-written output is left behind
+        raise
+    return FileOutput(
+        path=path,
+        media_type=request.media_type,
+        file_name=output_file_name(request.granule_name, request.media_type),
+        bbox=footprint(swath, grid),
+        size_bytes=path.stat().st_size,
+    )
+
+
+def output_file_name(granule_name: str, media_type: str) -> str:
+    """Harmony style, as harmony-service-lib names a swath projector's output: <granule>_regridded.<ext>."""
+    return (_SOURCE_SUFFIX.sub("", granule_name) or "output") + "_regridded" + EXTENSIONS[media_type]

@@ -1,0 +1,93 @@
+"""The swath transformer's gRPC service: regrid one Level 2 swath granule per work item.
+
+Streaming, threads and the server are transformers.serving's; this module checks a WorkItem on
+the event loop (bad requests fail before a thread is taken) and turns it into a RegridRequest.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
+from geomesh.settings import TransformerSettings
+from geomesh.v1 import request_pb2, transformer_pb2
+from transformers.gdal.reproject import CRS_MESSAGE, GridSpec, grid_spec
+from transformers.serving import FileOutput, FileTransformer, TransformerServer, serve_transformer
+from transformers.swath.process import EXTENSIONS, RegridRequest, regrid_granule
+
+OPERATIONS = ("reprojection",)
+
+
+def regrid_request(item: transformer_pb2.WorkItem) -> RegridRequest:
+    """The WorkItem in domain terms; what a swath projector does not do is refused here."""
+    _refuse_unsupported(item)
+    granule = item.granule
+    if not granule.id:
+        raise RequestValidationError("The work item names no granule.")
+    if not granule.links:
+        raise TransformError(f"Granule {granule.id} has no data link to read.")
+    return RegridRequest(
+        granule_id=granule.id,
+        granule_name=granule.name or granule.id,
+        href=granule.links[0].href,
+        media_type=output_format(item.output.format),
+        grid=_grid_spec(item.output),
+    )
+
+
+def _grid_spec(output: request_pb2.OutputOptions) -> GridSpec:
+    try:
+        return grid_spec(
+            crs=output.crs.strip() or None,
+            interpolation=output.interpolation or None,
+            extent=output.scale_extent,
+            size=output.scale_size,
+            width=output.width if output.HasField("width") else None,
+            height=output.height if output.HasField("height") else None,
+        )
+    except ValueError:  # rasterio raises a bare ValueError for some unreadable CRSs ("EPSG:nope")
+        raise RequestValidationError(CRS_MESSAGE) from None
+
+
+def output_format(media_type: str) -> str:
+    """The supported media type asked for (parameters and case ignored), or UnsupportedOperationError."""
+    normalized = media_type.split(";", 1)[0].strip().lower() or next(iter(EXTENSIONS))
+    if normalized not in EXTENSIONS:
+        raise UnsupportedOperationError(
+            f"The swath transformer cannot write {media_type!r}; it writes these formats: {', '.join(EXTENSIONS)}."
+        )
+    return normalized
+
+
+def _refuse_unsupported(item: transformer_pb2.WorkItem) -> None:
+    asked: list[str] = []
+    if item.variables:
+        asked.append("variable subsets")
+    if item.HasField("bbox"):
+        asked.append("bounding-box subsets")
+    if item.dimensions:
+        asked.append("dimension subsets")
+    if item.HasField("shape") and (item.shape.content or item.shape.file_name):
+        asked.append("shape subsets")
+    if asked:
+        raise UnsupportedOperationError(
+            "The swath transformer does not support " + ", ".join(asked) + "; it regrids whole swaths "
+            "(outputCrs, scaleExtent, scaleSize, width, height, interpolation)."
+        )
+
+
+class SwathTransformer(FileTransformer):
+    """Regrids swaths (2-D lat/lon) to NetCDF-4 or GeoTIFF; keeps nothing open between requests."""
+
+    family = "swath"
+    operations = OPERATIONS
+    output_formats = tuple(EXTENSIONS)
+
+    def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
+        return functools.partial(regrid_granule, regrid_request(item), self.settings.scratch_dir)
+
+
+async def serve(settings: TransformerSettings) -> TransformerServer:
+    """Start the swath transformer on settings.host:settings.port (0 picks a free port)."""
+    return await serve_transformer(settings, SwathTransformer)
