@@ -17,6 +17,7 @@ from rasterio.io import MemoryFile
 from catalog.demo import l2_swath
 from tests.conftest import Mesh
 from tests.edge.test_coverages import get
+from tests.edge.test_jobs import call, submit, wait_for
 
 L2 = "C1233860183-EEDTEST"
 SEED_GRANULE = "G1233860486-EEDTEST"  # 005_00_028_africa
@@ -199,3 +200,32 @@ async def test_bad_crs_gets_harmonys_message(mesh: Mesh) -> None:
         "code": "harmony.RequestValidationError",
         "description": 'Error: query parameter "crs/outputCrs" could not be parsed.  Try an EPSG code or Proj4 string.',
     }
+
+
+async def test_several_granules_become_a_job_of_regridded_swaths(mesh: Mesh, tmp_path: Path) -> None:
+    day = 'subset=time("2020-01-05T00:00:00.000Z":"2020-01-05T23:59:59.000Z")'
+    job_id = await submit(mesh, f"{day}&outputCrs=EPSG:6933&width=200&height=100", collection=L2)
+    job = await wait_for(mesh, job_id)
+    assert job["numInputGranules"] == 3
+    expected = {f"{g.name}_regridded.nc" for g in l2_swath.load_granules() if g.time_start.day == 5}
+    data = [link for link in job["links"] if link["rel"] == "data"]
+    assert {link["title"] for link in data} == expected and len(expected) == 3
+    for link in data:
+        assert link["type"] == "application/x-netcdf4"
+        body = (await call("GET", link["href"])).content
+        with _open(body, tmp_path, link["title"]) as nc:
+            assert nc["alpha_var"].shape == (1, 100, 200)
+            assert nc["alpha_var"].grid_mapping == "lambert_cylindrical_equal_area"
+
+
+async def test_capabilities_name_the_swath_service(mesh: Mesh) -> None:
+    response = await call("GET", f"{mesh.url}/capabilities", params={"collectionId": L2})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["shortName"], body["reproject"], body["variableSubset"], body["bboxSubset"]) == (
+        "harmony_example_l2", True, False, False
+    )
+    service = next(s for s in body["services"] if s["name"] == "sds/swot-reproject")
+    assert service["capabilities"]["output_formats"] == ["application/x-netcdf4", "image/tiff"]
+    assert service["capabilities"]["reprojection"] is True
+    assert {v["name"] for v in body["variables"]} == {"red_var", "green_var", "blue_var", "alpha_var"}
