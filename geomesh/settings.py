@@ -35,7 +35,7 @@ class CatalogSettings(_Service):
 
 
 # Transformer families: transformers/<family>/service.py serve(). `geomesh up` starts one of each.
-TRANSFORMER_FAMILIES = ("gdal", "swath")
+TRANSFORMER_FAMILIES = ("gdal", "netcdf", "swath")
 
 
 class TransformerSettings(_Service):

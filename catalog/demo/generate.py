@@ -26,7 +26,7 @@ import rasterio
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.transform import Affine
 
-from catalog.demo import atl08, l2_swath
+from catalog.demo import atl08, harmony_example_v2, l2_swath
 from catalog.models import CatalogFile, CollectionRecord, GranuleRecord, LinkRecord, VariableRecord
 
 COLLECTION_ID = "C1233800302-EEDTEST"
@@ -187,7 +187,7 @@ def _collection(granules: list[GranuleRecord]) -> CollectionRecord:
 
 # The other demo collections: modules with load_granules() (records with an `id`) and
 # build_collection(data_dir, granules) -> CollectionRecord, which writes the files too.
-OTHER_COLLECTIONS = (atl08, l2_swath)
+OTHER_COLLECTIONS = (atl08, harmony_example_v2, l2_swath)
 
 
 def generate_demo(data_dir: Path, *, granules: Iterable[str] | None = None) -> Path:

@@ -1,0 +1,150 @@
+"""harmony_example v2 (NetCDF4) through a real mesh: the netcdf transformer behind the rangeset and jobs APIs."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+from pathlib import Path
+
+import grpc
+import netCDF4
+import pyproj
+import pytest
+import xarray as xr
+import zarr
+from rasterio.io import MemoryFile
+
+from catalog.registry import Operations, Registry
+from geomesh.v1 import request_pb2, transformer_pb2, transformer_pb2_grpc, types_pb2
+from tests.conftest import Mesh
+from tests.edge.test_coverages import get
+from tests.edge.test_jobs import call, submit, wait_for
+from tests.transformers.test_netcdf import write_swath
+
+V2 = "C1234088182-EEDTEST"
+L2_SWATH = "C1233860183-EEDTEST"
+FIRST_DAY = "G1234088191-EEDTEST"  # 001_00_7f00ff_global
+SEED_BBOX = "subset=lat(-45.75:-9)&subset=lon(110:156)"
+TWO_DAYS = 'subset=time("2020-01-01T00:00:00Z":"2020-01-02T01:00:00Z")'
+
+
+def nc(body: bytes) -> netCDF4.Dataset:
+    return netCDF4.Dataset("response.nc4", memory=body)
+
+
+async def test_the_collection_lists_cmrs_variables(mesh: Mesh) -> None:
+    status, _, body = await get(f"{mesh.coverages(V2)}/collections")
+    assert status == 200, body
+    listing = {collection["id"]: collection for collection in json.loads(body)["collections"]}
+    assert list(listing) == [f"{V2}/all", *(f"{V2}/V12340881{n}-EEDTEST" for n in (90, 89, 88, 87))]
+    assert listing[f"{V2}/V1234088187-EEDTEST"]["title"] == "red_var harmony_example v2"
+
+
+async def test_one_granule_bbox_subset_is_sync_netcdf4(mesh: Mesh) -> None:
+    status, headers, body = await get(f"{mesh.rangeset(V2)}?granuleId={FIRST_DAY}&{SEED_BBOX}")
+    assert status == 200, body
+    assert headers["Content-Type"] == "application/x-netcdf4"
+    assert 'filename="001_00_7f00ff_global_subsetted.nc4"' in headers["Content-Disposition"]
+    with nc(body) as dataset:
+        assert dataset["red_var"].dimensions == ("time", "lat", "lon")
+        assert dataset["red_var"].shape == (1, 147, 184)  # quarter-degree cells whose centres are inside
+        assert dataset["lat"][0] == -45.625 and dataset["lon"][-1] == 155.875
+        assert dataset["red_var"].grid_mapping == "crs" and dataset["red_var"]._FillValue == 0
+        assert dataset.HARMONY_HEX_COLOR == "7f00ff" and "geomesh netcdf transformer" in dataset.history
+        assert dataset["alpha_var"][:].max() == 255  # Australia is land
+
+
+async def test_variables_as_a_cog_and_reprojected_netcdf(mesh: Mesh) -> None:
+    status, headers, body = await get(f"{mesh.rangeset(V2, 'blue_var')}?granuleId={FIRST_DAY}&format=image/tiff")
+    assert status == 200, body
+    assert 'filename="001_00_7f00ff_global_blue_var.tif"' in headers["Content-Disposition"]
+    with MemoryFile(body).open() as tiff:
+        assert tiff.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and tiff.descriptions == ("blue_var",)
+        assert (tiff.width, tiff.height, tiff.crs.to_epsg()) == (1440, 720, 4326)
+        assert tiff.bounds == pytest.approx((-180, -90, 180, 90))
+    status, headers, body = await get(
+        f"{mesh.rangeset(V2, 'red_var')}?granuleId={FIRST_DAY}&outputCrs=EPSG:6933&width=360"
+    )
+    assert status == 200, body
+    assert 'filename="001_00_7f00ff_global_red_var_regridded.nc4"' in headers["Content-Disposition"]
+    with nc(body) as dataset:
+        assert pyproj.CRS.from_cf(dataset["crs"].__dict__).equals(pyproj.CRS.from_epsg(6933))
+        assert dataset["red_var"].dimensions == ("time", "y", "x") and dataset.dimensions["x"].size == 360
+        assert dataset["x"].standard_name == "projection_x_coordinate"
+
+
+async def test_several_granules_make_a_job_whose_outputs_open(mesh: Mesh) -> None:
+    job_id = await submit(mesh, f"{TWO_DAYS}&{SEED_BBOX}", V2)
+    job = await wait_for(mesh, job_id)
+    data = [link for link in job["links"] if link["rel"] == "data"]
+    assert sorted(link["title"] for link in data) == [
+        "001_00_7f00ff_global_subsetted.nc4", "002_00_3200ff_global_subsetted.nc4",
+    ]
+    for link in data:
+        assert link["type"] == "application/x-netcdf4"
+        assert link["bbox"] == pytest.approx([110, -45.75, 156, -9])
+        with nc((await call("GET", link["href"])).content) as dataset:
+            assert dataset["blue_var"].shape == (1, 147, 184)
+
+
+async def test_zarr_makes_a_job_with_zipped_stores(mesh: Mesh, tmp_path: Path) -> None:
+    job_id = await submit(mesh, f"{TWO_DAYS}&format=application/x-zarr", V2)
+    job = await wait_for(mesh, job_id)
+    data = [link for link in job["links"] if link["rel"] == "data"]
+    assert sorted(link["title"] for link in data) == ["001_00_7f00ff_global.zarr.zip", "002_00_3200ff_global.zarr.zip"]
+    assert data[0]["type"] == "application/x-zarr"
+    path = tmp_path / data[0]["title"]
+    path.write_bytes((await call("GET", data[0]["href"])).content)
+    with zipfile.ZipFile(path) as archive:
+        assert ".zmetadata" in archive.namelist()
+    with xr.open_zarr(zarr.storage.ZipStore(path, mode="r"), consolidated=True) as store:
+        assert store["green_var"].shape == (1, 720, 1440) and store.attrs["HARMONY_HEX_COLOR"] in ("7f00ff", "3200ff")
+
+
+async def test_bad_requests_name_what_the_collection_has(mesh: Mesh) -> None:
+    status, _, body = await get(f"{mesh.rangeset(V2, 'purple_var')}?granuleId={FIRST_DAY}")
+    assert status == 400
+    assert json.loads(body)["description"] == "Error: Coverages were not found for the provided variables: purple_var"
+
+    status, _, body = await get(f"{mesh.rangeset(V2)}?granuleId={FIRST_DAY}&subset=lev(0:10)")
+    assert status == 400, body
+    error = json.loads(body)
+    assert error["code"] == "harmony.RequestValidationError"
+    assert 'has no dimension named "lev" (its dimensions: time, lat, lon, nv)' in error["description"]
+
+    status, _, body = await get(f"{mesh.rangeset(V2)}?granuleId={FIRST_DAY}&format=image/png")
+    assert status == 422
+    assert json.loads(body)["description"].endswith(
+        "supported output formats are: application/x-netcdf4, application/x-zarr, image/tiff"
+    )
+
+
+def test_the_registry_sends_v2_to_the_netcdf_transformer_and_swath_zarr_to_a_job() -> None:
+    registry = Registry.load()
+    default = registry.match(V2, Operations())
+    assert default is not None and (default.service.name, default.output_format) == ("harmony/netcdf", "application/x-netcdf4")
+    subset_zarr = registry.match(V2, Operations(bbox_subset=True, dimension_subset=True, output_format="application/x-zarr"))
+    assert subset_zarr is not None and subset_zarr.service.name == "harmony/netcdf"
+    swath = registry.match(L2_SWATH, Operations(output_format="application/x-zarr"))
+    assert swath is not None and swath.service.name == "harmony/netcdf-to-zarr"
+    assert swath.service.maximum_sync_granules == 0  # always a job
+    assert swath.service.transformer.addresses == default.service.transformer.addresses
+
+
+async def test_a_swath_converts_to_zarr_through_the_meshs_netcdf_transformer(mesh: Mesh, tmp_path: Path) -> None:
+    """The L2 swath demo files are another module's: a swath-like file written here takes their path."""
+    match = Registry.load().match(L2_SWATH, Operations(output_format="application/x-zarr"))
+    assert match is not None and mesh.transformer_addresses["netcdf"] in match.service.transformer.addresses
+    path = write_swath(tmp_path / "swath_granule.nc")
+    item = transformer_pb2.WorkItem(
+        granule=types_pb2.Granule(id="G1-SWATH", name="swath_granule.nc", links=[types_pb2.DataLink(href=path.as_uri())]),
+        output=request_pb2.OutputOptions(format=match.output_format),
+    )
+    async with grpc.aio.insecure_channel(mesh.transformer_addresses["netcdf"]) as channel:
+        chunks = [chunk async for chunk in transformer_pb2_grpc.TransformerStub(channel).Transform(item)]
+    assert chunks[0].header.file_name == "swath_granule.zarr.zip"
+    output = tmp_path / chunks[0].header.file_name
+    output.write_bytes(b"".join(chunk.data for chunk in chunks[1:]))
+    with xr.open_zarr(zarr.storage.ZipStore(output, mode="r"), consolidated=True) as store:
+        assert store["lat"].dims == ("along", "across") and store["brightness"].shape == (30, 12)

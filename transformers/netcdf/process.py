@@ -1,0 +1,157 @@
+"""One granule's work, without gRPC: open lazily, select, regrid, write one output file.
+
+Blocking (NetCDF, GDAL): the service runs it on worker threads. The dataset is opened lazily and
+without mask/scale decoding, so values, _FillValue, scale_factor and add_offset reach the output
+as the source has them, and only the selected window is read (into memory: writers and warps
+need it whole anyway, and the file can then be closed before the slow part).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import xarray as xr
+
+from geomesh.errors import GeomeshError, TransformError, UnsupportedOperationError
+from geomesh.model import BBox, TimeRange
+from transformers.gdal.reproject import GridSpec
+from transformers.netcdf.grids import Axes, find_axes, source_crs, wgs84_extent
+from transformers.netcdf.regrid import grid_extent, regrid, target_grid, with_grid_mapping
+from transformers.netcdf.subset import (
+    DimensionRange,
+    apply_ranges,
+    bbox_ranges,
+    dimension_ranges,
+    select_variables,
+    time_ranges,
+)
+from transformers.netcdf.writers import EXTENSIONS, NETCDF4, TIFF, WRITERS, output_file_name, with_history
+from transformers.serving import FileOutput
+
+
+# netCDF-C and its HDF5 are not thread-safe, and xarray locks only their data reads and writes,
+# not opening a file or reading its metadata: every netCDF4 call of this family goes through this
+# lock. What needs no file (warping, Zarr, the COG) runs outside it, in parallel.
+NETCDF_LIBRARY = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class NetcdfRequest:
+    """One granule's work in domain terms (the service converts the WorkItem into this)."""
+
+    granule_id: str
+    granule_name: str
+    path: Path
+    media_type: str
+    variables: tuple[str, ...] = ()
+    bbox: BBox | None = None
+    temporal: TimeRange | None = None
+    dimensions: tuple[DimensionRange, ...] = field(default_factory=tuple)
+    grid: GridSpec = GridSpec()
+
+
+def local_path(href: str) -> Path | None:
+    """A data link as a local file path (file:// or a plain path); None for remote links."""
+    url = urlparse(href)
+    if url.scheme == "file":
+        return Path(unquote(url.path))
+    if url.scheme == "":
+        return Path(href)
+    return None
+
+
+def open_granule(path: Path) -> xr.Dataset:
+    """Lazily, undecoded values; grid mappings and bounds as coordinates so selections keep them."""
+    return xr.open_dataset(
+        path, engine="netcdf4", mask_and_scale=False, decode_coords="all", decode_timedelta=False, cache=False
+    )
+
+
+def process(request: NetcdfRequest, scratch_dir: Path | None = None) -> FileOutput:
+    """Subset, regrid and write one granule; the output is a fresh scratch file the caller deletes."""
+    try:
+        with NETCDF_LIBRARY:
+            with open_granule(request.path) as source:
+                ds, axes, notes = _select(source, request)
+                ds = ds.load()  # the selected window only; the file is closed after this
+        grid = target_grid(ds, axes, request.grid, request.granule_id)
+        if grid is not None:
+            ds = regrid(ds, axes, grid, request.grid)
+            notes.append(f"regridded to {grid.crs.to_string()} ({grid.width}x{grid.height})")
+            bbox: BBox | None = grid_extent(grid)
+            x_dim, y_dim = ("lon", "lat") if grid.crs.is_geographic else ("x", "y")
+        else:
+            bbox = wgs84_extent(ds, axes)
+            x_dim, y_dim = axes.lon or "", axes.lat or ""
+            if axes.gridded:
+                ds = with_grid_mapping(ds, source_crs(ds).to_wkt(), x_dim, y_dim)
+        ds = with_history(ds, "; ".join(notes) or f"converted to {request.media_type}")
+        path = _write(ds, request.media_type, scratch_dir, x_dim, y_dim, axes, request.granule_id)
+    except GeomeshError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise TransformError(f"Cannot process granule {request.granule_id} ({request.path.name}): {error}") from error
+    subsetted = request.bbox is not None or bool(request.dimensions) or any(n.startswith("time ") for n in notes)
+    return FileOutput(
+        path=path,
+        media_type=request.media_type,
+        file_name=output_file_name(
+            request.granule_name, request.variables, subsetted, request.media_type, grid is not None
+        ),
+        bbox=bbox,
+        size_bytes=path.stat().st_size,
+    )
+
+
+def _select(source: xr.Dataset, request: NetcdfRequest) -> tuple[xr.Dataset, Axes, list[str]]:
+    """Variables, then every index range in one isel; the notes say what was done, for `history`."""
+    axes = find_axes(source)
+    notes: list[str] = []
+    ds = select_variables(source, request.variables, request.granule_id)
+    if request.variables:
+        notes.append("variables " + ",".join(request.variables))
+    ranges = []
+    if request.bbox is not None:
+        ranges.append(bbox_ranges(ds, axes, request.bbox, request.granule_id))
+        b = request.bbox
+        notes.append(f"bbox {b.west:g},{b.south:g},{b.east:g},{b.north:g}")
+    if request.temporal is not None:
+        selected = time_ranges(ds, axes, request.temporal, request.granule_id)
+        # A range that keeps every step only chose the granule: nothing was cut.
+        if selected and axes.time and selected[axes.time] != slice(0, ds.sizes[axes.time]):
+            ranges.append(selected)
+            notes.append(f"time {request.temporal.start or '..'}/{request.temporal.end or '..'}")
+    if request.dimensions:
+        ranges.append(dimension_ranges(ds, axes, request.dimensions, request.granule_id))
+        notes.append("dimensions " + ",".join(f"{d.name}({d.low}:{d.high})" for d in request.dimensions))
+    return apply_ranges(ds, *ranges), axes, notes
+
+
+def _write(
+    ds: xr.Dataset, media_type: str, scratch_dir: Path | None, x_dim: str, y_dim: str, axes: Axes, granule_id: str
+) -> Path:
+    """Write to a fresh scratch file, removed again if writing fails."""
+    if media_type == TIFF and not (x_dim and y_dim and (axes.gridded or x_dim == "x")):
+        raise UnsupportedOperationError(
+            f"Granule {granule_id} is not on a latitude/longitude grid, so it cannot be written as a GeoTIFF."
+        )
+    descriptor, name = tempfile.mkstemp(prefix="geomesh-netcdf-", suffix=EXTENSIONS[media_type], dir=scratch_dir)
+    os.close(descriptor)
+    path = Path(name)
+    try:
+        if media_type == TIFF:
+            WRITERS[media_type](ds, path, x_dim, y_dim)
+        elif media_type == NETCDF4:
+            with NETCDF_LIBRARY:
+                WRITERS[media_type](ds, path)
+        else:
+            WRITERS[media_type](ds, path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path

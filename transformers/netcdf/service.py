@@ -1,0 +1,97 @@
+"""The netcdf transformer's gRPC service: WorkItems in, one streamed NetCDF4, Zarr (zipped) or COG file out.
+
+Streaming, threads and the server are transformers.serving's; this module turns a WorkItem into
+domain terms and refuses, before a thread is taken, what needs no file to refuse.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
+from geomesh.model import optional_bbox, optional_time
+from geomesh.settings import TransformerSettings
+from geomesh.v1 import transformer_pb2
+from transformers.gdal.reproject import grid_spec
+from transformers.netcdf.process import NetcdfRequest, local_path, process
+from transformers.netcdf.subset import DimensionRange
+from transformers.netcdf.writers import EXTENSIONS, NETCDF4
+from transformers.serving import FileOutput, FileTransformer, TransformerServer, serve_transformer
+
+OPERATIONS = ("variable_subset", "bbox_subset", "temporal_subset", "dimension_subset", "reprojection", "reformat")
+
+
+def output_format(media_type: str) -> str:
+    """The supported media type asked for (parameters and case ignored), or UnsupportedOperationError."""
+    normalized = media_type.split(";", 1)[0].strip().lower() or NETCDF4
+    if normalized == "application/netcdf":  # Harmony's older name for the same thing
+        normalized = NETCDF4
+    if normalized not in EXTENSIONS:
+        raise UnsupportedOperationError(
+            f"The netcdf transformer cannot write {media_type!r}; it writes these formats: {', '.join(EXTENSIONS)}."
+        )
+    return normalized
+
+
+def netcdf_request(item: transformer_pb2.WorkItem) -> NetcdfRequest:
+    """The WorkItem in domain terms; what this transformer cannot do is refused here."""
+    if item.HasField("shape") and (item.shape.content or item.shape.file_name):
+        raise UnsupportedOperationError(
+            "The netcdf transformer does not support shape subsets; it does variable, bounding-box, time and "
+            "dimension subsets, reprojection and regridding."
+        )
+    granule = item.granule
+    if not granule.id:
+        raise RequestValidationError("The work item names no granule.")
+    if not granule.links:
+        raise TransformError(f"Granule {granule.id} has no data link to read.")
+    path = local_path(granule.links[0].href)
+    if path is None:
+        raise TransformError(
+            f"Granule {granule.id}'s data link {granule.links[0].href} is not a local file, and the netcdf "
+            "transformer reads local files only."
+        )
+    names = [d.name for d in item.dimensions]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise RequestValidationError(f"The dimension {', '.join(repeated)} is subset more than once.")
+    return NetcdfRequest(
+        granule_id=granule.id,
+        granule_name=granule.name or granule.id,
+        path=path,
+        media_type=output_format(item.output.format),
+        variables=tuple(item.variables),
+        bbox=optional_bbox(item),
+        temporal=optional_time(item),
+        dimensions=tuple(
+            DimensionRange(
+                d.name, d.min if d.HasField("min") else None, d.max if d.HasField("max") else None
+            )
+            for d in item.dimensions
+        ),
+        grid=grid_spec(
+            crs=item.output.crs.strip() or None,
+            interpolation=item.output.interpolation or None,
+            extent=item.output.scale_extent,
+            size=item.output.scale_size,
+            width=item.output.width if item.output.HasField("width") else None,
+            height=item.output.height if item.output.HasField("height") else None,
+        ),
+    )
+
+
+class NetcdfTransformer(FileTransformer):
+    """Transform gridded NetCDF: subset, regrid, and write NetCDF4, Zarr or a COG."""
+
+    family = "netcdf"
+    operations = OPERATIONS
+    output_formats = tuple(EXTENSIONS)
+
+    def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
+        return functools.partial(process, netcdf_request(item), self.settings.scratch_dir)
+
+
+async def serve(settings: TransformerSettings) -> TransformerServer:
+    """Start the netcdf transformer on settings.host:settings.port (0 picks a free port)."""
+    return await serve_transformer(settings, NetcdfTransformer)
