@@ -13,9 +13,9 @@ from affine import Affine
 
 from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
 from geomesh.v1 import transformer_pb2, types_pb2
-from transformers.gdal.reproject import CRS_MESSAGE, GridSpec, grid_spec
+from transformers.gdal.reproject import CRS_MESSAGE, INTERPOLATIONS, GridSpec, grid_spec
 from transformers.swath.process import NETCDF, TIFF, RegridRequest, output_file_name, regrid_granule
-from transformers.swath.regrid import swath_grid
+from transformers.swath.regrid import regrid, swath_grid
 from transformers.swath.service import regrid_request
 from transformers.swath.source import read_swath
 
@@ -190,8 +190,12 @@ def test_grid_parameters(swath_file: Path) -> None:
     assert (grid.width, grid.height) == (100, 150)  # square pixels
     grid = swath_grid(swath, grid_spec("EPSG:3857", None, extent, [], None, 30))
     assert (grid.width, grid.height) == (20, 30)
-    with pytest.raises(RequestValidationError, match="above the limit"):
+    with pytest.raises(RequestValidationError, match="above the limit of 32768 pixels a side"):
         swath_grid(swath, grid_spec("EPSG:3857", None, extent, [1, 1], None, None))
+    # 3 variables x 5000 x 5000 pixels would hold 300 MB of floats in memory.
+    with pytest.raises(RequestValidationError, match="for each of 3 variables, above the limit of 67108864"):
+        swath_grid(swath, grid_spec("EPSG:3857", None, extent, [], 5000, 5000))
+    assert swath_grid(swath, grid_spec("EPSG:3857", None, extent, [], 4000, 4000)).width == 4000
 
 
 def test_geotiff_output(swath_file: Path, tmp_path: Path) -> None:
@@ -265,3 +269,14 @@ def test_unreadable_granules(tmp_path: Path) -> None:
         with pytest.raises(TransformError, match=message):
             regrid_granule(RegridRequest("G1-TEST", "a", href, NETCDF), tmp_path)
     assert list(tmp_path.iterdir()) == [not_netcdf, gridded] or set(tmp_path.iterdir()) == {not_netcdf, gridded}
+
+
+@pytest.mark.parametrize("interpolation", sorted(INTERPOLATIONS))
+def test_every_interpolation_gdal_names_works_on_swaths(swath_file: Path, interpolation: str) -> None:
+    swath = read_swath(swath_file, "G1-TEST")
+    spec = grid_spec(None, interpolation, [], [], 60, None)
+    values = regrid(swath, swath_grid(swath, spec), spec.resampling)
+    blocks = values["block_var"]
+    assert blocks.shape[1] == 60 and blocks.dtype == np.uint8
+    assert 0.3 < (blocks != 0).mean() < 0.95  # the swath, and fill around its tilted edges
+    assert blocks[blocks != 0].max() <= 90  # 1..80, give or take cubic and lanczos overshoot

@@ -23,6 +23,9 @@ from transformers.gdal.reproject import MAX_PIXELS, MAX_SIDE, GridSpec, target_c
 from transformers.swath.source import Swath
 
 WGS84 = CRS.from_epsg(4326)
+# The warp holds every variable's output in memory at once (as floats): output pixels x variables
+# are capped at 2^26 (256 MB of float32), below the gdal transformer's per-grid cap, which streams.
+MAX_CELLS = 1 << 26
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +57,8 @@ def swath_grid(swath: Swath, spec: GridSpec) -> Grid:
     finite = np.isfinite(xs) & np.isfinite(ys)
     if not finite.any():
         raise RequestValidationError(f"The swath cannot be placed in the requested CRS {spec.crs}: no point projects.")
-    spacing = _spacing(xs, ys)
+    # The swath's own pixel spacing, where nothing the user gave fixes the extent or the pixel size.
+    spacing = _spacing(xs, ys) if not spec.extent or not (spec.size or spec.width or spec.height) else 0.0
     if spec.extent:
         xmin, ymin, xmax, ymax = spec.extent
     else:
@@ -79,6 +83,12 @@ def swath_grid(swath: Swath, spec: GridSpec) -> Grid:
         raise RequestValidationError(
             f"The output would be {width} x {height} pixels, above the limit of {MAX_SIDE} pixels a side and "
             f"{MAX_PIXELS} pixels in all: ask for a smaller width/height, a coarser scaleSize or a smaller scaleExtent"
+        )
+    if width * height * len(swath.variables) > MAX_CELLS:
+        raise RequestValidationError(
+            f"The output would be {width} x {height} pixels for each of {len(swath.variables)} variables, above the "
+            f"limit of {MAX_CELLS} pixels in all for a regridded swath: ask for a smaller width/height, a coarser "
+            "scaleSize or a smaller scaleExtent"
         )
     return Grid(crs, Affine(xres, 0.0, xmin, 0.0, -yres, ymax), width, height)
 
