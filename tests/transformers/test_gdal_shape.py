@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio.enums import ColorInterp
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
 from shapely.geometry import Polygon, box
 
@@ -52,9 +54,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _subset(path: Path, tmp_path: Path, shape: object, **changes: object):
-    request = SubsetRequest(
-        granule_id="G1", granule_name="granule.tif", href=str(path), media_type="image/tiff", shape=shape, **changes  # type: ignore[arg-type]
-    )
+    options: dict = {"media_type": "image/tiff"} | changes
+    request = SubsetRequest(granule_id="G1", granule_name="granule.tif", href=str(path), shape=shape, **options)
     pool = DatasetPool(4)
     try:
         return subset(request, pool, tmp_path)
@@ -154,3 +155,32 @@ def test_shapes_missing_the_granule(files: dict[str, Path], tmp_path: Path, shap
     with pytest.raises(RequestValidationError, match=message):
         _subset(files["utm"], tmp_path, shape)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape", [TRIANGLE, box(12.2, 5.2, 12.4, 5.4)])
+def test_large_windows_mask_slab_by_slab_alike(
+    files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: Polygon
+) -> None:
+    """Above _WHOLE_MASK_PIXELS the mask is made per slab: same output."""
+    from transformers.gdal import masking
+
+    with rasterio.open(_subset(files["rgba"], tmp_path, shape).path) as whole:
+        expected = whole.read()
+    monkeypatch.setattr(masking, "_WHOLE_MASK_PIXELS", 0)
+    monkeypatch.setattr(masking, "_SLAB_BYTES", 4 * 360 * 7)  # slabs of 7 rows
+    with rasterio.open(_subset(files["rgba"], tmp_path, shape).path) as slabs:
+        assert (slabs.read() == expected).all()
+
+
+@pytest.mark.parametrize(("media_type", "crs"), [("image/tiff", "EPSG:3857"), ("image/png", None)])
+def test_the_mask_band_survives_a_warp_and_becomes_a_pngs_alpha(
+    files: dict[str, Path], tmp_path: Path, media_type: str, crs: str | None
+) -> None:
+    output = _subset(files["plain"], tmp_path, TRIANGLE, media_type=media_type, grid=GridSpec(crs=crs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        dataset = rasterio.open(output.path)
+    with dataset:
+        mask = dataset.read(2) if media_type == "image/png" else dataset.dataset_mask()
+        assert 0.4 < (mask == 255).mean() < 0.6 and set(np.unique(mask)) == {0, 255}
+        assert (dataset.read(1)[mask == 255] == 9).all()

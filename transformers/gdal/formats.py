@@ -89,7 +89,7 @@ def _write_gtiff(src: Source, meta: DatasetReader, bands: list[int], window: Win
     slab = max(1, _SLAB_BYTES // row_bytes)
     if tiled:
         slab = max(_TILE, slab - slab % _TILE)
-    masked = _has_mask_band(src, bands)
+    masked = has_mask_band(meta, bands)  # src may be a warp of meta, its mask carried as an added alpha
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
         for row in range(0, height, slab):
             rows = min(slab, height - row)
@@ -116,8 +116,9 @@ def _write_gtiff(src: Source, meta: DatasetReader, bands: list[int], window: Win
     return False
 
 
-def _has_mask_band(src: Source, bands: list[int]) -> bool:
-    """Whether the bands share a GDAL mask band (as a shape-masked crop has), which the GeoTIFF keeps."""
+def has_mask_band(src: DatasetReader, bands: list[int]) -> bool:
+    """Whether the bands share a GDAL mask band of their own (as a shape-masked crop has), which the
+    GeoTIFF keeps; a mask GDAL derives from an alpha band or nodata is not one."""
     return all(list(src.mask_flag_enums[band - 1]) == [MaskFlags.per_dataset] for band in bands)
 
 
@@ -125,9 +126,12 @@ def write_png(src: Source, meta: DatasetReader, bands: list[int], window: Window
     """A PNG (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA); non-byte data is stretched to 0..255 per band.
 
     PNG has no place for georeferencing (GDAL would need a sidecar), so the output's bbox travels
-    in the stream header instead; the same holds for JPEG and GIF.
+    in the stream header instead; the same holds for JPEG and GIF. A mask band (a shape subset of
+    data without nodata or alpha) is written as the PNG's alpha.
     """
     data = _bytes(src, bands, window)
+    if len(bands) in (1, 3) and has_mask_band(meta, bands):  # a shape's mask becomes the PNG's alpha
+        data = np.concatenate([data, src.dataset_mask(window=window)[None]])
     _write_image(path, "PNG", data, zlevel=6)
 
 

@@ -8,9 +8,10 @@ What "masked" means depends on what the output can say (the rule, in order):
 1. an alpha band among the output's bands: alpha 0 outside, colour bands 0 (or their nodata);
 2. bands with a nodata value: that value outside;
 3. floating-point bands without one: NaN outside, declared as nodata;
-4. integer bands with neither: 0 outside, and a GeoTIFF mask band (GDAL's per-dataset mask,
-   0 outside, combined with the source's own validity) so no data value is taken from the data.
-   PNG, JPEG and GIF outputs carry no mask band: there the outside is 0.
+4. integer bands with neither: 0 outside, and a mask band (GDAL's per-dataset mask, 0 outside,
+   combined with the source's own validity), so no value is taken from the data. GeoTIFF outputs
+   keep it (through a warp too), a PNG of one or three bands makes it its alpha; JPEG and GIF
+   show the outside as 0.
 The masked crop goes to an uncompressed scratch GeoTIFF, written in slabs, which the output
 writers then read like any source. Blocking (GDAL): run on worker threads.
 """
@@ -40,6 +41,8 @@ from geomesh.errors import RequestValidationError
 from geomesh.model import BBox
 
 _SLAB_BYTES = 16 * 1024 * 1024
+# Up to this many pixels the window's mask is computed once, in one piece (a byte each).
+_WHOLE_MASK_PIXELS = 64 * 1024 * 1024
 _TILE = 512
 # Before projecting, shape edges are cut into pieces of at most this many degrees, so that a
 # straight lon/lat edge stays close to its curve in the source CRS.
@@ -121,7 +124,8 @@ def _write_masked(src: DatasetReader, bands: list[int], window: Window, local: B
         nodata = math.nan
     # Rule 4: integers without nodata or alpha get a mask band instead of a stolen value.
     use_mask = nodata is None and not alpha
-    all_touched = not _any_centre_inside(local, transform, width, height)
+    inside_all = _whole_mask(local, transform, width, height) if width * height <= _WHOLE_MASK_PIXELS else None
+    all_touched = inside_all is None and not _any_centre_inside(local, transform, width, height)
     profile: dict[str, object] = {
         "driver": "GTiff", "width": width, "height": height, "count": len(bands), "dtype": dtype,
         "crs": src.crs, "transform": transform, "nodata": nodata,
@@ -137,10 +141,13 @@ def _write_masked(src: DatasetReader, bands: list[int], window: Window, local: B
         for row in range(0, height, slab):
             rows = min(slab, height - row)
             part = Window(window.col_off, window.row_off + row, width, rows)
-            inside = geometry_mask(
-                [local], out_shape=(rows, width), transform=src.window_transform(part),
-                all_touched=all_touched, invert=True,
-            )
+            if inside_all is not None:
+                inside = inside_all[row : row + rows]
+            else:
+                inside = geometry_mask(
+                    [local], out_shape=(rows, width), transform=src.window_transform(part),
+                    all_touched=all_touched, invert=True,
+                )
             data = src.read(bands, window=part, out_dtype=dtype)
             data[:, ~inside] = fill
             for index in alpha:
@@ -151,6 +158,14 @@ def _write_masked(src: DatasetReader, bands: list[int], window: Window, local: B
                 valid = src.dataset_mask(window=part) > 0
                 dst.write_mask(np.where(inside & valid, 255, 0).astype(np.uint8), window=target)
         _copy_metadata(src, dst, bands)
+
+
+def _whole_mask(local: BaseGeometry, transform: rasterio.Affine, width: int, height: int) -> np.ndarray:
+    """True for pixels whose centre is in the shape; the pixels it touches if no centre is."""
+    inside = geometry_mask([local], out_shape=(height, width), transform=transform, invert=True)
+    if inside.any():
+        return inside
+    return geometry_mask([local], out_shape=(height, width), transform=transform, all_touched=True, invert=True)
 
 
 def _any_centre_inside(local: BaseGeometry, transform: rasterio.Affine, width: int, height: int) -> bool:

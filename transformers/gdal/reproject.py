@@ -192,8 +192,12 @@ def _count(span: float, resolution: float) -> int:
     return max(1, round(count)) if math.isfinite(count) else MAX_SIDE + 1
 
 
-def warped(src: DatasetReader, window: Window, grid: Grid, resampling: Resampling) -> WarpedVRT:
-    """The source warped onto `grid`; pixels outside `window` are left out (the bbox crop comes first)."""
+def warped(
+    src: DatasetReader, window: Window, grid: Grid, resampling: Resampling, add_alpha: bool = False
+) -> WarpedVRT:
+    """The source warped onto `grid`; pixels outside `window` are left out (the bbox crop comes first).
+
+    add_alpha carries a source's mask band through the warp (as the VRT's alpha, read as its mask)."""
     options: dict[str, str] = {}
     if (window.col_off, window.row_off, window.width, window.height) != (0, 0, src.width, src.height):
         # A cutline in source pixel coordinates: the bbox crop happens before the warp.
@@ -202,5 +206,5 @@ def warped(src: DatasetReader, window: Window, grid: Grid, resampling: Resamplin
         options["cutline"] = f"POLYGON(({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0}))"
     return WarpedVRT(
         src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-        resampling=resampling, **options,
+        resampling=resampling, add_alpha=add_alpha, **options,
     )

@@ -31,7 +31,7 @@ from shapely.geometry.base import BaseGeometry
 from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
 from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool
-from transformers.gdal.formats import EXTENSIONS, NAMES, TIFF, WRITERS, Writer
+from transformers.gdal.formats import EXTENSIONS, NAMES, TIFF, WRITERS, Writer, has_mask_band
 from transformers.gdal.masking import crop_area, masked_crop
 from transformers.gdal.reproject import Grid, GridSpec, output_grid, target_crs, warped
 from transformers.serving import FileOutput
@@ -147,7 +147,7 @@ def _output(
     writer, extension = WRITERS[media_type], EXTENSIONS[media_type]
     if grid is None:
         return _wgs84_bounds(src, window), _write(src, src, bands, window, writer, scratch_dir, extension), None
-    with warped(src, window, grid, request.grid.resampling) as vrt:
+    with warped(src, window, grid, request.grid.resampling, add_alpha=has_mask_band(src, bands)) as vrt:
         whole = Window(0, 0, vrt.width, vrt.height)
         return _wgs84_bounds(vrt, whole), _write(vrt, src, bands, whole, writer, scratch_dir, extension), grid
 
