@@ -94,7 +94,12 @@ def parse_shape(content: bytes, media_type: str = "", file_name: str = "") -> Sh
     """Read an upload into one valid polygonal geometry in WGS84, or say what is wrong with it."""
     kind = media_type_of(media_type, file_name)
     if kind not in (GEOJSON, KML, SHAPEFILE_ZIP):
-        described = f"of type {media_type}" if media_type and media_type not in _UNTYPED else f"named {file_name!r}"
+        if media_type and media_type not in _UNTYPED:
+            described = f"of type {media_type}"
+        elif file_name:
+            described = f"named {file_name!r}"
+        else:
+            described = "with neither a Content-Type nor a file name"
         raise RequestValidationError(
             f"The shapefile upload {described} is not a kind geomesh reads. {KINDS_MESSAGE} "
             "Name the kind in the part's Content-Type or by the file name's extension."

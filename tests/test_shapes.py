@@ -89,6 +89,7 @@ def test_to_geojson_round_trips_exactly() -> None:
         (geojson(box(1e6, 0, 2e6, 1e6)), GEOJSON, "", "outside longitude -180..180 and latitude -90..90"),
         (b"a,b\n1,2\n", "text/csv", "area.csv", "of type text/csv is not a kind geomesh reads"),
         (b"a,b\n1,2\n", "", "area.csv", "named 'area.csv' is not a kind geomesh reads"),
+        (b"{}", "application/octet-stream", "", "with neither a Content-Type nor a file name is not a kind"),
         (b"<kml>not closed", KML, "", "The shapefile upload is not a readable KML"),
         (b"PK not really", SHAPEFILE_ZIP, "", "is not a zip file"),
         (zipped_shapefile(SQUARE, parts=("shp", "prj")), SHAPEFILE_ZIP, "", "holds no complete shapefile"),

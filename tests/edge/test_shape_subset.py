@@ -23,6 +23,7 @@ from edge.api.coverages import SHAPE_LIMIT
 from geomesh.shapes import MAX_VERTICES
 from tests.conftest import GLOBAL_GRANULE, HARMONY_EXAMPLE, Mesh
 from tests.edge.test_formats import open_image
+from tests.edge.test_jobs import wait_for
 from tests.shape_files import geojson, kml, zipped_shapefile
 
 AFRICA_GRANULE = "G1233800344-EEDTEST"  # 001_01_7f00ff_africa: -25.4,-34.9,63.5,37.4
@@ -108,6 +109,33 @@ async def test_png_output(mesh: Mesh, source) -> None:
     window = rasterio.windows.from_bounds(*TRIANGLE.bounds, transform=source.transform).round_offsets().round_lengths()
     assert (alpha[inside] == source.read(4, window=window)[inside]).all()
     assert (alpha[~inside] == 0).all()
+
+
+SEED_TIMES = 'time("2020-01-16T02:00:00Z":"2020-01-16T07:59:59Z")'  # africa, antarctica, asia_east
+
+
+@pytest.mark.parametrize(
+    ("shape", "titles", "status"),
+    [
+        # Africa and East Asia hold part of it; Antarctica's bbox misses its bounds, so it is not selected.
+        (AREA, ["016_01_ff0000_africa_subsetted.tif", "016_03_ff0000_asia_east_subsetted.tif"], "successful"),
+        # An L whose bounds reach East Asia's bbox while the L itself passes beside it: selected, then refused.
+        (box(0, -20, 20, 90).union(box(0, 85, 100, 90)), ["016_01_ff0000_africa_subsetted.tif"], "complete_with_errors"),
+    ],
+)
+async def test_a_job_selects_granules_by_the_shapes_bounds(
+    mesh: Mesh, shape: BaseGeometry, titles: list[str], status: str
+) -> None:
+    answer, _, body = await post(mesh, [("subset", SEED_TIMES)], (geojson(shape), "application/geo+json", "a.json"))
+    assert answer == 200, body[:500]
+    job = await wait_for(mesh, json.loads(body)["jobID"], ("successful", "complete_with_errors", "failed"))
+    assert job["status"] == status and job["numInputGranules"] == len(titles) + (status != "successful")
+    assert sorted(link["title"] for link in job["links"] if link["rel"] == "data") == titles
+    if status == "complete_with_errors":
+        assert "The requested shape does not intersect granule G1233800525-EEDTEST" in job["errors"][0]["message"]
+    for link in job["links"]:
+        if link["rel"] == "data":
+            assert link["bbox"][0] >= shape.bounds[0] - PIXEL and link["bbox"][2] <= shape.bounds[2] + PIXEL
 
 
 @pytest.fixture
