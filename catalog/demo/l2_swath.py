@@ -70,9 +70,10 @@ class Region:
     across: tuple[float, float]  # degrees east and south from a scan line's first pixel to its last
 
 
-# Africa's box is CMR's; asia's and europe's are ours.
+# Africa's box is CMR's; asia's and europe's are ours. Africa's scan lines span 55.02 degrees of
+# longitude: pixels ~11 km apart, so the seed's regrid request gets the seed's 1360 x 635 grid.
 REGIONS = (
-    Region("africa", (-30.356735, -41.67082, 67.09637, 47.372707), (50.0, 12.0)),
+    Region("africa", (-30.356735, -41.67082, 67.09637, 47.372707), (55.02, 12.0)),
     Region("asia", (62.0, 2.0, 145.0, 58.0), (45.0, 10.0)),
     Region("europe", (-15.0, 33.0, 45.0, 72.0), (30.0, 8.0)),
 )

@@ -69,6 +69,7 @@ async def test_the_seeds_regrid_request(mesh: Mesh, tmp_path: Path, source: dict
         assert set(nc.variables) == SEED_VARIABLES
         blue = nc["blue_var"]
         assert blue.dimensions == ("time", "y", "x") and blue.dtype == np.uint8
+        assert blue.shape == (1, 635, 1360)  # as the seed's, from the swath's ~11 km spacing
         assert {"_FillValue", "scale_factor", "add_offset", "grid_mapping"} <= set(blue.ncattrs())
         assert (blue.scale_factor, blue.add_offset, blue.getncattr("_FillValue")) == (2, 28, 255)
         assert blue.grid_mapping == "lambert_cylindrical_equal_area"
