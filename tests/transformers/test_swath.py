@@ -280,3 +280,17 @@ def test_every_interpolation_gdal_names_works_on_swaths(swath_file: Path, interp
     assert blocks.shape[1] == 60 and blocks.dtype == np.uint8
     assert 0.3 < (blocks != 0).mean() < 0.95  # the swath, and fill around its tilted edges
     assert blocks[blocks != 0].max() <= 90  # 1..80, give or take cubic and lanczos overshoot
+
+
+def test_output_bbox_is_where_the_swath_falls_on_the_grid(swath_file: Path, tmp_path: Path) -> None:
+    lat, lon = _geolocation()
+    whole = regrid_granule(RegridRequest("G1-TEST", "tiny.nc", swath_file.as_uri(), NETCDF), tmp_path)
+    assert (whole.bbox.west, whole.bbox.south, whole.bbox.east, whole.bbox.north) == pytest.approx(
+        (lon.min(), lat.min(), lon.max(), lat.max())
+    )
+    part = regrid_granule(
+        RegridRequest("G1-TEST", "tiny.nc", swath_file.as_uri(), NETCDF, grid_spec(None, None, [20, 10, 23, 13], [], 30, 30)),
+        tmp_path,
+    )
+    assert 20 <= part.bbox.west < part.bbox.east <= 23 and 10 <= part.bbox.south < part.bbox.north <= 13
+    assert part.bbox.east > 22.5 and part.bbox.north > 12.5  # the swath covers that corner

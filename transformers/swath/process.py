@@ -14,7 +14,7 @@ from geomesh.errors import TransformError
 from transformers.gdal.reproject import GridSpec
 from transformers.serving import FileOutput
 from transformers.swath.cf_output import write_netcdf
-from transformers.swath.regrid import footprint, regrid, swath_grid
+from transformers.swath.regrid import regrid, swath_grid
 from transformers.swath.source import local_path, read_swath
 from transformers.swath.tiff_output import write_cog
 
@@ -60,7 +60,7 @@ def regrid_granule(request: RegridRequest, scratch_dir: Path | None = None) -> F
         path=path,
         media_type=request.media_type,
         file_name=output_file_name(request.granule_name, request.media_type),
-        bbox=footprint(swath, grid),
+        bbox=grid.footprint,
         size_bytes=path.stat().st_size,
     )
 

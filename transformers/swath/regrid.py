@@ -34,6 +34,9 @@ class Grid:
     transform: Affine
     width: int
     height: int
+    # WGS84 extent of the swath's points that fall on the grid (None: none does); known once the
+    # swath is projected to size the grid, so it is kept rather than projected again.
+    footprint: BBox | None = None
 
     @property
     def xs(self) -> np.ndarray:
@@ -90,20 +93,12 @@ def swath_grid(swath: Swath, spec: GridSpec) -> Grid:
             f"limit of {MAX_CELLS} pixels in all for a regridded swath: ask for a smaller width/height, a coarser "
             "scaleSize or a smaller scaleExtent"
         )
-    return Grid(crs, Affine(xres, 0.0, xmin, 0.0, -yres, ymax), width, height)
-
-
-def footprint(swath: Swath, grid: Grid) -> BBox | None:
-    """WGS84 extent of the swath's points that fall on the grid; None when none does."""
-    xs, ys = _projected(swath, grid.crs)
-    t = grid.transform
-    x0, x1 = sorted((t.c, t.c + grid.width * t.a))
-    y0, y1 = sorted((t.f, t.f + grid.height * t.e))
-    inside = (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
-    if not inside.any():
-        return None
-    lon, lat = swath.lon[inside], swath.lat[inside]
-    return BBox(float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max()))
+    inside = finite & (xs >= xmin) & (xs <= xmin + width * xres) & (ys >= ymax - height * yres) & (ys <= ymax)
+    footprint = None
+    if inside.any():
+        lon, lat = swath.lon[inside], swath.lat[inside]
+        footprint = BBox(float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max()))
+    return Grid(crs, Affine(xres, 0.0, xmin, 0.0, -yres, ymax), width, height, footprint)
 
 
 def _projected(swath: Swath, crs: CRS) -> tuple[np.ndarray, np.ndarray]:
