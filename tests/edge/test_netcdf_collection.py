@@ -126,6 +126,9 @@ def test_the_registry_sends_v2_to_the_netcdf_transformer_and_swath_zarr_to_a_job
     assert default is not None and (default.service.name, default.output_format) == ("harmony/netcdf", "application/x-netcdf4")
     subset_zarr = registry.match(V2, Operations(bbox_subset=True, dimension_subset=True, output_format="application/x-zarr"))
     assert subset_zarr is not None and subset_zarr.service.name == "harmony/netcdf"
+    # harmony/netcdf precedes netcdf-to-zarr and writes Zarr too, so v2's plain conversion is not forced into a job.
+    plain = registry.match(V2, Operations(output_format="application/x-zarr"))
+    assert plain is not None and (plain.service.name, plain.service.maximum_sync_granules) == ("harmony/netcdf", 1)
     swath = registry.match(L2_SWATH, Operations(output_format="application/x-zarr"))
     assert swath is not None and swath.service.name == "harmony/netcdf-to-zarr"
     assert swath.service.maximum_sync_granules == 0  # always a job
@@ -148,3 +151,16 @@ async def test_a_swath_converts_to_zarr_through_the_meshs_netcdf_transformer(mes
     output.write_bytes(b"".join(chunk.data for chunk in chunks[1:]))
     with xr.open_zarr(zarr.storage.ZipStore(output, mode="r"), consolidated=True) as store:
         assert store["lat"].dims == ("along", "across") and store["brightness"].shape == (30, 12)
+
+
+async def test_the_swath_demo_granule_to_zarr_is_always_a_job(mesh: Mesh, tmp_path: Path) -> None:
+    job_id = await submit(mesh, "granuleId=G1233860486-EEDTEST&format=application/x-zarr", L2_SWATH)
+    job = await wait_for(mesh, job_id)
+    (link,) = [link for link in job["links"] if link["rel"] == "data"]
+    assert link["title"].endswith(".zarr.zip") and link["type"] == "application/x-zarr"
+    path = tmp_path / link["title"]
+    path.write_bytes((await call("GET", link["href"])).content)
+    with xr.open_zarr(zarr.storage.ZipStore(path, mode="r"), consolidated=True) as store:
+        latitude = next(store[name] for name in store.variables if store[name].attrs.get("standard_name") == "latitude")
+        assert latitude.ndim == 2
+        assert set(store.data_vars) >= {"red_var", "green_var", "blue_var", "alpha_var"}
