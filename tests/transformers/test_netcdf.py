@@ -18,7 +18,7 @@ from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from geomesh.errors import RequestValidationError, UnsupportedOperationError
+from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
 from geomesh.model import BBox, TimeRange
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import request_pb2, transformer_pb2, transformer_pb2_grpc, types_pb2
@@ -134,6 +134,39 @@ def test_bbox_subset_crops_whichever_way_latitude_runs(files: dict[str, Path], t
         assert sorted(ds["lat"].values) == [0.5, 1.5, 2.5, 3.5]
         expected = whole["mask"].sel(lat=ds["lat"], lon=ds["lon"])
         np.testing.assert_array_equal(ds["mask"].values, expected.values)
+
+
+def write_0_360(path: Path) -> Path:
+    """A global 10-degree grid with longitudes 5..355, as many model outputs have."""
+    lons = np.arange(5.0, 360.0, 10.0)
+    lats = np.arange(-85.0, 90.0, 10.0)
+    xr.Dataset(
+        {"v": (("lat", "lon"), np.tile(lons, (lats.size, 1)).astype(np.float32))},
+        coords={"lat": ("lat", lats, {"units": "degrees_north"}), "lon": ("lon", lons, {"units": "degrees_east"})},
+    ).to_netcdf(path, engine="netcdf4")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("bbox", "lons", "extent"),
+    [
+        (BBox(-20, -10, -10, 10), [345.0], BBox(-20, -10, -10, 10)),
+        (BBox(10, -10, 30, 10), [15.0, 25.0], BBox(10, -10, 30, 10)),
+        (BBox(-180, -10, 180, 10), list(np.arange(5.0, 360.0, 10.0)), BBox(-180, -10, 180, 10)),
+    ],
+)
+def test_bbox_on_a_0_to_360_grid(tmp_path: Path, bbox: BBox, lons: list[float], extent: BBox) -> None:
+    output = run(write_0_360(tmp_path / "model.nc"), tmp_path, bbox=bbox)
+    with opened(output) as ds:
+        assert list(ds["lon"].values) == lons and ds.sizes["lat"] == 2
+    assert output.bbox == extent
+
+
+def test_bboxes_crossing_a_seam_are_refused(files: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedOperationError, match="crosses 0"):
+        run(write_0_360(tmp_path / "model.nc"), tmp_path, bbox=BBox(-10, -10, 10, 10))
+    with pytest.raises(UnsupportedOperationError, match="antimeridian"):
+        run(files["up"], tmp_path, bbox=BBox(170, -10, -170, 10))
 
 
 def test_a_bbox_outside_the_grid_is_refused(files: dict[str, Path], tmp_path: Path) -> None:
@@ -256,6 +289,14 @@ def test_reprojection_with_a_bbox_covers_only_the_crop(files: dict[str, Path], t
     assert (bbox.west, bbox.south, bbox.east, bbox.north) == pytest.approx((0, 0, 10, 10), abs=1)
 
 
+def test_a_one_cell_crop_regrids_with_the_sources_cell_size(files: dict[str, Path], tmp_path: Path) -> None:
+    output = run(files["up"], tmp_path, variables=("mask",), bbox=BBox(0.4, 0.4, 0.6, 0.6), grid=grid_spec("EPSG:4326", None, [], [], 4, 4))
+    with opened(output) as ds:
+        assert (ds.sizes["lat"], ds.sizes["lon"]) == (4, 4)
+        assert list(ds["lon"].values) == pytest.approx([0.125, 0.375, 0.625, 0.875])
+    assert output.bbox == BBox(0, 0, 1, 1)
+
+
 def test_zarr_output_is_one_zip_that_zarr_and_xarray_open(files: dict[str, Path], tmp_path: Path) -> None:
     output = run(files["up"], tmp_path, ZARR, bbox=BBox(-5, -5, 5, 5))
     assert output.file_name == "grid_up_subsetted.zarr.zip" and output.media_type == ZARR
@@ -324,6 +365,10 @@ def test_work_items_in_domain_terms(files: dict[str, Path]) -> None:
         netcdf_request(_item(files["up"], "image/png"))
     with pytest.raises(UnsupportedOperationError, match="shape subsets"):
         netcdf_request(_item(files["up"], shape=types_pb2.Shape(content=b"{}", media_type="application/geo+json")))
+    remote = _item(files["up"])
+    remote.granule.links[0].href = "https://example.com/granule.nc"
+    with pytest.raises(TransformError, match="reads local files only"):
+        netcdf_request(remote)
     with pytest.raises(RequestValidationError, match="outputCrs"):
         netcdf_request(_with_crs(_item(files["up"]), "not a CRS at all"))
 

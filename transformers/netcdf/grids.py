@@ -94,10 +94,6 @@ def source_crs(ds: xr.Dataset) -> pyproj.CRS:
 
 def regular_step(values: np.ndarray, name: str, granule_id: str) -> float:
     """The constant spacing of a coordinate, signed; irregular axes cannot be warped by an affine grid."""
-    if values.size < 2:
-        raise UnsupportedOperationError(
-            f"Granule {granule_id}'s {name} has a single value, so its cell size is unknown and it cannot be regridded."
-        )
     steps = np.diff(values.astype(np.float64))
     step = float(steps.mean())
     if not np.allclose(steps, step, rtol=1e-6, atol=1e-9 * max(1.0, abs(step))):
@@ -107,29 +103,43 @@ def regular_step(values: np.ndarray, name: str, granule_id: str) -> float:
     return step
 
 
-def north_up_transform(lats: np.ndarray, lons: np.ndarray, granule_id: str) -> Affine:
-    """The affine transform of the grid read north-up (rows from the northernmost cell down)."""
-    dx = regular_step(lons, "longitude", granule_id)
-    dy = abs(regular_step(lats, "latitude", granule_id))
-    west = float(lons.min()) - abs(dx) / 2
-    north = float(lats.max()) + dy / 2
-    return Affine(abs(dx), 0.0, west, 0.0, -dy, north)
+def north_up_transform(lats: np.ndarray, lons: np.ndarray, sizes: tuple[float, float], granule_id: str) -> Affine:
+    """The affine transform of the grid read north-up; `sizes` (the source's cells) serve a one-cell subset."""
+    dy = abs(regular_step(lats, "latitude", granule_id)) if lats.size > 1 else sizes[0]
+    dx = abs(regular_step(lons, "longitude", granule_id)) if lons.size > 1 else sizes[1]
+    if not (dx > 0 and dy > 0):
+        raise UnsupportedOperationError(
+            f"Granule {granule_id} has a single latitude or longitude, so its cell size is unknown: it cannot be regridded."
+        )
+    return Affine(dx, 0.0, float(lons.min()) - dx / 2, 0.0, -dy, float(lats.max()) + dy / 2)
 
 
-def cell_extent(values: np.ndarray) -> tuple[float, float]:
-    """The outer cell edges of a 1-D coordinate of cell centres (half a step beyond the extremes)."""
-    low, high = float(values.min()), float(values.max())
-    half = abs(float(values[1]) - float(values[0])) / 2 if values.size > 1 else 0.0
-    return low - half, high + half
+def cell_size(values: np.ndarray) -> float:
+    """The spacing of a 1-D coordinate of cell centres (0 for a single value)."""
+    return abs(float(values[1]) - float(values[0])) if values.size > 1 else 0.0
 
 
-def wgs84_extent(ds: xr.Dataset, axes: Axes) -> BBox | None:
+def cell_extent(values: np.ndarray, size: float | None = None) -> tuple[float, float]:
+    """The outer cell edges of a 1-D coordinate of cell centres (half a cell beyond the extremes)."""
+    half = (cell_size(values) if size is None else size) / 2
+    return float(values.min()) - half, float(values.max()) + half
+
+
+def cell_sizes(ds: xr.Dataset, axes: Axes) -> tuple[float, float]:
+    """(lat, lon) cell sizes of a grid, read before a subset leaves maybe one cell to measure."""
+    if not axes.gridded:
+        return 0.0, 0.0
+    assert axes.lat is not None and axes.lon is not None
+    return cell_size(ds[axes.lat].values), cell_size(ds[axes.lon].values)
+
+
+def wgs84_extent(ds: xr.Dataset, axes: Axes, sizes: tuple[float, float]) -> BBox | None:
     """The extent of a geographic grid (cell edges), or None when it has no 1-D lat/lon."""
     if not axes.gridded:
         return None
     assert axes.lat is not None and axes.lon is not None
-    south, north = cell_extent(ds[axes.lat].values)
-    west, east = cell_extent(ds[axes.lon].values)
+    south, north = cell_extent(ds[axes.lat].values, sizes[0])
+    west, east = cell_extent(ds[axes.lon].values, sizes[1])
     if west >= 180.0 - 1e-9 or east > 180.0 + 1e-9:  # 0-360 longitudes
-        west, east = (west - 360.0, east - 360.0) if west >= 180.0 else (-180.0, 180.0)
+        west, east = (west - 360.0, east - 360.0) if west >= 180.0 - 1e-9 else (-180.0, 180.0)
     return BBox(max(west, -180.0), max(south, -90.0), min(east, 180.0), min(north, 90.0))

@@ -20,7 +20,7 @@ import xarray as xr
 from geomesh.errors import GeomeshError, TransformError, UnsupportedOperationError
 from geomesh.model import BBox, TimeRange
 from transformers.gdal.reproject import GridSpec
-from transformers.netcdf.grids import Axes, find_axes, source_crs, wgs84_extent
+from transformers.netcdf.grids import Axes, cell_sizes, find_axes, source_crs, wgs84_extent
 from transformers.netcdf.regrid import grid_extent, regrid, target_grid, with_grid_mapping
 from transformers.netcdf.subset import (
     DimensionRange,
@@ -30,7 +30,16 @@ from transformers.netcdf.subset import (
     select_variables,
     time_ranges,
 )
-from transformers.netcdf.writers import EXTENSIONS, NETCDF4, TIFF, WRITERS, output_file_name, with_history
+from transformers.netcdf.writers import (
+    EXTENSIONS,
+    NETCDF4,
+    TIFF,
+    output_file_name,
+    with_history,
+    write_cog,
+    write_netcdf,
+    write_zarr_zip,
+)
 from transformers.serving import FileOutput
 
 
@@ -77,45 +86,56 @@ def process(request: NetcdfRequest, scratch_dir: Path | None = None) -> FileOutp
     try:
         with NETCDF_LIBRARY:
             with open_granule(request.path) as source:
-                ds, axes, notes = _select(source, request)
-                ds = ds.load()  # the selected window only; the file is closed after this
-        grid = target_grid(ds, axes, request.grid, request.granule_id)
+                selection = _select(source, request)
+                sizes = cell_sizes(source, selection.axes)
+                ds = selection.dataset.load()  # the selected window only; the file is closed after this
+        axes, notes = selection.axes, selection.notes
+        grid = target_grid(ds, axes, request.grid, sizes, request.granule_id)
         if grid is not None:
             ds = regrid(ds, axes, grid, request.grid)
             notes.append(f"regridded to {grid.crs.to_string()} ({grid.width}x{grid.height})")
             bbox: BBox | None = grid_extent(grid)
             x_dim, y_dim = ("lon", "lat") if grid.crs.is_geographic else ("x", "y")
         else:
-            bbox = wgs84_extent(ds, axes)
+            bbox = wgs84_extent(ds, axes, sizes)
             x_dim, y_dim = axes.lon or "", axes.lat or ""
             if axes.gridded:
                 ds = with_grid_mapping(ds, source_crs(ds).to_wkt(), x_dim, y_dim)
         ds = with_history(ds, "; ".join(notes) or f"converted to {request.media_type}")
-        path = _write(ds, request.media_type, scratch_dir, x_dim, y_dim, axes, request.granule_id)
+        on_grid = grid is not None or axes.gridded
+        path = _write(ds, request.media_type, scratch_dir, (x_dim, y_dim) if on_grid else None, request.granule_id)
     except GeomeshError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         raise TransformError(f"Cannot process granule {request.granule_id} ({request.path.name}): {error}") from error
-    subsetted = request.bbox is not None or bool(request.dimensions) or any(n.startswith("time ") for n in notes)
     return FileOutput(
         path=path,
         media_type=request.media_type,
         file_name=output_file_name(
-            request.granule_name, request.variables, subsetted, request.media_type, grid is not None
+            request.granule_name, request.variables, selection.subsetted, request.media_type, grid is not None
         ),
         bbox=bbox,
         size_bytes=path.stat().st_size,
     )
 
 
-def _select(source: xr.Dataset, request: NetcdfRequest) -> tuple[xr.Dataset, Axes, list[str]]:
-    """Variables, then every index range in one isel; the notes say what was done, for `history`."""
+@dataclass
+class _Selection:
+    dataset: xr.Dataset  # still lazy
+    axes: Axes
+    notes: list[str]  # what was done, for `history`
+    subsetted: bool  # a bbox, dimension or time subset cut something ("_subsetted" in the name)
+
+
+def _select(source: xr.Dataset, request: NetcdfRequest) -> _Selection:
+    """Variables, then every index range in one isel."""
     axes = find_axes(source)
     notes: list[str] = []
     ds = select_variables(source, request.variables, request.granule_id)
     if request.variables:
         notes.append("variables " + ",".join(request.variables))
     ranges = []
+    subsetted = request.bbox is not None or bool(request.dimensions)
     if request.bbox is not None:
         ranges.append(bbox_ranges(ds, axes, request.bbox, request.granule_id))
         b = request.bbox
@@ -125,18 +145,19 @@ def _select(source: xr.Dataset, request: NetcdfRequest) -> tuple[xr.Dataset, Axe
         # A range that keeps every step only chose the granule: nothing was cut.
         if selected and axes.time and selected[axes.time] != slice(0, ds.sizes[axes.time]):
             ranges.append(selected)
+            subsetted = True
             notes.append(f"time {request.temporal.start or '..'}/{request.temporal.end or '..'}")
     if request.dimensions:
         ranges.append(dimension_ranges(ds, axes, request.dimensions, request.granule_id))
         notes.append("dimensions " + ",".join(f"{d.name}({d.low}:{d.high})" for d in request.dimensions))
-    return apply_ranges(ds, *ranges), axes, notes
+    return _Selection(apply_ranges(ds, *ranges), axes, notes, subsetted)
 
 
 def _write(
-    ds: xr.Dataset, media_type: str, scratch_dir: Path | None, x_dim: str, y_dim: str, axes: Axes, granule_id: str
+    ds: xr.Dataset, media_type: str, scratch_dir: Path | None, grid_dims: tuple[str, str] | None, granule_id: str
 ) -> Path:
-    """Write to a fresh scratch file, removed again if writing fails."""
-    if media_type == TIFF and not (x_dim and y_dim and (axes.gridded or x_dim == "x")):
+    """Write to a fresh scratch file, removed again if writing fails; grid_dims: (x, y) of a grid, if on one."""
+    if media_type == TIFF and grid_dims is None:
         raise UnsupportedOperationError(
             f"Granule {granule_id} is not on a latitude/longitude grid, so it cannot be written as a GeoTIFF."
         )
@@ -145,12 +166,13 @@ def _write(
     path = Path(name)
     try:
         if media_type == TIFF:
-            WRITERS[media_type](ds, path, x_dim, y_dim)
+            assert grid_dims is not None
+            write_cog(ds, path, *grid_dims)
         elif media_type == NETCDF4:
             with NETCDF_LIBRARY:
-                WRITERS[media_type](ds, path)
+                write_netcdf(ds, path)
         else:
-            WRITERS[media_type](ds, path)
+            write_zarr_zip(ds, path)
     except BaseException:
         path.unlink(missing_ok=True)
         raise

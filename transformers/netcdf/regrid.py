@@ -27,7 +27,9 @@ _GEOGRAPHIC_ATTRS = {
 }
 
 
-def target_grid(ds: xr.Dataset, axes: Axes, spec: GridSpec, granule_id: str) -> Grid | None:
+def target_grid(
+    ds: xr.Dataset, axes: Axes, spec: GridSpec, sizes: tuple[float, float], granule_id: str
+) -> Grid | None:
     """The grid to warp onto, or None when the output keeps the source's own grid."""
     if not spec.crs and not spec.regrids:
         return None
@@ -38,7 +40,7 @@ def target_grid(ds: xr.Dataset, axes: Axes, spec: GridSpec, granule_id: str) -> 
         return None
     lats, lons = ds[lat].values, ds[lon].values
     # output_grid reads only a source's transform and CRS.
-    source = SimpleNamespace(transform=north_up_transform(lats, lons, granule_id), crs=CRS.from_wkt(src_crs.to_wkt()))
+    source = SimpleNamespace(transform=north_up_transform(lats, lons, sizes, granule_id), crs=CRS.from_wkt(src_crs.to_wkt()))
     return output_grid(source, Window(0, 0, lons.size, lats.size), crs, spec)  # type: ignore[arg-type]
 
 
@@ -81,7 +83,7 @@ def _warp(variable: xr.DataArray, lat: str, lon: str, grid: Grid, spec: GridSpec
         flat = variable.stack(__stacked__=extra).transpose("__stacked__", lat, lon)
         flat = flat.drop_vars(["__stacked__", *extra]).assign_coords(__stacked__=np.arange(flat.sizes["__stacked__"]))
     else:
-        flat = variable
+        flat = variable.transpose(*extra, lat, lon)
     warped = flat.rio.reproject(
         grid.crs, shape=(grid.height, grid.width), transform=grid.transform, resampling=spec.resampling, nodata=fill
     )

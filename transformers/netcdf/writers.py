@@ -12,7 +12,7 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -147,6 +147,3 @@ def _scalar(value: object) -> float | None:
     if value is None:
         return None
     return np.asarray(value).item()
-
-
-WRITERS: dict[str, Callable[..., None]] = {NETCDF4: write_netcdf, ZARR: write_zarr_zip, TIFF: write_cog}
