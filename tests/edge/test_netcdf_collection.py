@@ -164,3 +164,21 @@ async def test_the_swath_demo_granule_to_zarr_is_always_a_job(mesh: Mesh, tmp_pa
         latitude = next(store[name] for name in store.variables if store[name].attrs.get("standard_name") == "latitude")
         assert latitude.ndim == 2
         assert set(store.data_vars) >= {"red_var", "green_var", "blue_var", "alpha_var"}
+
+
+async def test_capabilities_list_both_netcdf_services(mesh: Mesh) -> None:
+    status, _, body = await get(f"{mesh.url}/capabilities?collectionId={V2}")
+    assert status == 200, body
+    capabilities = json.loads(body)
+    assert [service["name"] for service in capabilities["services"]] == ["harmony/netcdf", "harmony/netcdf-to-zarr"]
+    assert capabilities["outputFormats"] == ["application/x-netcdf4", "image/tiff", "application/x-zarr"]
+    assert capabilities["temporalSubset"] and capabilities["bboxSubset"] and capabilities["reproject"]
+
+
+async def test_a_wms_map_of_v2_is_refused_clearly(mesh: Mesh) -> None:
+    status, _, body = await get(
+        f"{mesh.url}/{V2}/wms?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS={V2}&STYLES=&CRS=EPSG:4326"
+        "&BBOX=-90,-180,90,180&WIDTH=256&HEIGHT=128&FORMAT=image/png"
+    )
+    assert status == 422
+    assert b'code="OperationNotSupported"' in body and b"does not draw maps yet" in body

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import grpc
+
 from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
 from geomesh.model import optional_bbox, optional_time
 from geomesh.settings import TransformerSettings
@@ -90,6 +92,15 @@ class NetcdfTransformer(FileTransformer):
 
     def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
         return functools.partial(process, netcdf_request(item), self.settings.scratch_dir)
+
+    async def Render(
+        self, request: transformer_pb2.RenderRequest, context: grpc.aio.ServicerContext
+    ) -> transformer_pb2.RenderedMap:
+        """No maps yet: say so (a WMS OperationNotSupported) rather than gRPC's bare UNIMPLEMENTED (a 500)."""
+        raise UnsupportedOperationError(
+            "The netcdf transformer does not draw maps yet: this collection has no WMS GetMap; use the rangeset "
+            "(e.g. format=image/tiff) instead."
+        )
 
 
 async def serve(settings: TransformerSettings) -> TransformerServer:
