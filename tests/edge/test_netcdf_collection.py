@@ -88,6 +88,14 @@ async def test_several_granules_make_a_job_whose_outputs_open(mesh: Mesh) -> Non
             assert dataset["blue_var"].shape == (1, 147, 184)
 
 
+async def test_an_open_ended_time_range_takes_the_last_days(mesh: Mesh) -> None:
+    job_id = await submit(mesh, 'subset=time("2020-01-15T00:00:00Z":*)&format=image/tiff', V2)
+    job = await wait_for(mesh, job_id)
+    assert sorted(link["title"] for link in job["links"] if link["rel"] == "data") == [
+        "015_00_ff4c00_global.tif", "016_00_ff0000_global.tif",
+    ]
+
+
 async def test_zarr_makes_a_job_with_zipped_stores(mesh: Mesh, tmp_path: Path) -> None:
     job_id = await submit(mesh, f"{TWO_DAYS}&format=application/x-zarr", V2)
     job = await wait_for(mesh, job_id)

@@ -272,6 +272,7 @@ def test_regridding_to_epsg_6933_matches_the_gdal_familys_grid(files: dict[str, 
         crs = pyproj.CRS.from_cf(nc["crs"].__dict__)
         assert crs.equals(pyproj.CRS.from_epsg(6933 if spec.crs else 4326))
         assert nc["mask"].grid_mapping == "crs"
+        assert nc.Conventions == "CF-1.8"
         if spec.crs:
             assert (nc["x"].standard_name, nc["x"].units) == ("projection_x_coordinate", "metre")
             assert (nc["y"].standard_name, nc["y"].units) == ("projection_y_coordinate", "metre")
@@ -279,6 +280,10 @@ def test_regridding_to_epsg_6933_matches_the_gdal_familys_grid(files: dict[str, 
             assert (nc["lat"].standard_name, nc["lat"].units) == ("latitude", "degrees_north")
         assert ds["mask"].values.max() > 0
     assert output.bbox.west == pytest.approx(-20) and output.bbox.north == pytest.approx(10)
+    with rasterio.open(f'NETCDF:"{output.path}":mask') as gdal:  # GDAL finds the grid too
+        assert gdal.crs.to_epsg() == (6933 if spec.crs else 4326)
+        assert (gdal.width, gdal.height) == (grid.width, grid.height)
+        assert gdal.transform.almost_equals(grid.transform)
 
 
 def test_reprojection_with_a_bbox_covers_only_the_crop(files: dict[str, Path], tmp_path: Path) -> None:

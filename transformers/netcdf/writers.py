@@ -53,6 +53,7 @@ def with_history(ds: xr.Dataset, operations: str) -> xr.Dataset:
     line = f"{datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')} geomesh netcdf transformer: {operations}"
     previous = str(ds.attrs.get("history", "")).strip()
     ds.attrs["history"] = f"{line}\n{previous}" if previous else line
+    ds.attrs.setdefault("Conventions", "CF-1.8")  # what the grid mapping and coordinates follow
     return ds
 
 
