@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import netCDF4
@@ -152,7 +152,8 @@ def write_granule(granule: V2Granule, path: Path, shade: np.ndarray, lats: np.nd
                         "calendar": "standard", "axis": "T", "bounds": "time_bnds"})
         time[:] = [_hours(granule.time_start)]
         bounds = nc.createVariable("time_bnds", "f8", ("time", "nv"))
-        bounds[:] = [[_hours(granule.time_start), _hours(granule.time_end)]]
+        # CF bounds are half-open, [00:00, 02:00); CMR's inclusive end is the last second, 01:59:59.
+        bounds[:] = [[_hours(granule.time_start), _hours(granule.time_end + timedelta(seconds=1))]]
         for name, values, standard, units, axis in (
             ("lat", lats, "latitude", "degrees_north", "Y"), ("lon", lons, "longitude", "degrees_east", "X")
         ):

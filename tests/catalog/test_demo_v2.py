@@ -62,6 +62,7 @@ def test_a_granule_is_cf_netcdf4_painted_in_its_days_colour(demo: Path) -> None:
         assert lon[0] == -179.875 and (nc["lat"].units, nc["lon"].standard_name) == ("degrees_north", "longitude")
         assert netCDF4.num2date(nc["time"][0], nc["time"].units) == datetime(2020, 1, 16)
         assert nc["time"].bounds == "time_bnds"
+        assert list(nc["time_bnds"][0] - nc["time"][0]) == [0.0, 2.0]  # hours: the two-hour slot
         assert pyproj.CRS.from_cf(nc["crs"].__dict__).to_epsg() == 4326
         for name in ("red_var", "green_var", "blue_var", "alpha_var"):
             variable = nc[name]

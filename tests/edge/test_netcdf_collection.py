@@ -96,6 +96,14 @@ async def test_an_open_ended_time_range_takes_the_last_days(mesh: Mesh) -> None:
     ]
 
 
+async def test_a_range_starting_at_a_granules_last_second_keeps_its_step(mesh: Mesh) -> None:
+    # The catalog's end is inclusive (01:59:59) and the file's time bounds half-open ([00:00, 02:00)).
+    query = f'granuleId={FIRST_DAY}&subset=time("2020-01-01T01:59:59Z":"2020-01-01T03:00:00Z")'
+    status, headers, body = await get(f"{mesh.rangeset(V2, 'alpha_var')}?{query}")
+    assert status == 200, body
+    assert 'filename="001_00_7f00ff_global_alpha_var.nc4"' in headers["Content-Disposition"]
+
+
 async def test_zarr_makes_a_job_with_zipped_stores(mesh: Mesh, tmp_path: Path) -> None:
     job_id = await submit(mesh, f"{TWO_DAYS}&format=application/x-zarr", V2)
     job = await wait_for(mesh, job_id)
