@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 
+from geomesh.errors import UnsupportedOperationError
 from geomesh.metrics import OUTPUT_BYTES
 from geomesh.model import BBox, optional_bbox, optional_time
 from geomesh.rpc import RunningServer, start_server
@@ -75,6 +76,15 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
                     yield transformer_pb2.OutputChunk(data=chunk)
         finally:
             result.path.unlink(missing_ok=True)
+
+    async def Render(
+        self, request: transformer_pb2.RenderRequest, context: grpc.aio.ServicerContext
+    ) -> transformer_pb2.RenderedMap:
+        """Families that draw no maps say so (a WMS OperationNotSupported), not gRPC's bare UNIMPLEMENTED."""
+        raise UnsupportedOperationError(
+            f"The {self.family} transformer does not draw maps: this collection has no WMS GetMap; use the "
+            "rangeset (e.g. format=image/tiff) instead."
+        )
 
     async def _run(self, work: Callable[[], FileOutput]) -> FileOutput:
         """Run on a worker thread; if the caller goes away first, the output is deleted when done."""

@@ -16,6 +16,7 @@ import zarr
 from rasterio.io import MemoryFile
 
 from catalog.registry import Operations, Registry
+from geomesh.errors import UnsupportedOperationError
 from geomesh.v1 import request_pb2, transformer_pb2, transformer_pb2_grpc, types_pb2
 from tests.conftest import Mesh
 from tests.edge.test_coverages import get
@@ -140,11 +141,11 @@ def test_the_registry_sends_v2_to_the_netcdf_transformer_and_swath_zarr_to_a_job
     registry = Registry.load()
     default = registry.match(V2, Operations())
     assert default is not None and (default.service.name, default.output_format) == ("harmony/netcdf", "application/x-netcdf4")
-    subset_zarr = registry.match(V2, Operations(bbox_subset=True, dimension_subset=True, output_format="application/x-zarr"))
-    assert subset_zarr is not None and subset_zarr.service.name == "harmony/netcdf"
-    # harmony/netcdf precedes netcdf-to-zarr and writes Zarr too, so v2's plain conversion is not forced into a job.
+    # As in Harmony, Zarr comes only from netcdf-to-zarr: a conversion, always a job, no subsetting.
     plain = registry.match(V2, Operations(output_format="application/x-zarr"))
-    assert plain is not None and (plain.service.name, plain.service.maximum_sync_granules) == ("harmony/netcdf", 1)
+    assert plain is not None and (plain.service.name, plain.service.maximum_sync_granules) == ("harmony/netcdf-to-zarr", 0)
+    with pytest.raises(UnsupportedOperationError, match="spatial subsetting and reformatting to application/x-zarr"):
+        registry.match(V2, Operations(bbox_subset=True, output_format="application/x-zarr"))
     swath = registry.match(L2_SWATH, Operations(output_format="application/x-zarr"))
     assert swath is not None and swath.service.name == "harmony/netcdf-to-zarr"
     assert swath.service.maximum_sync_granules == 0  # always a job
@@ -197,4 +198,4 @@ async def test_a_wms_map_of_v2_is_refused_clearly(mesh: Mesh) -> None:
         "&BBOX=-90,-180,90,180&WIDTH=256&HEIGHT=128&FORMAT=image/png"
     )
     assert status == 422
-    assert b'code="OperationNotSupported"' in body and b"does not draw maps yet" in body
+    assert b'code="OperationNotSupported"' in body and b"does not draw maps" in body

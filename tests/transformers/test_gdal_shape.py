@@ -16,7 +16,7 @@ from shapely.geometry import Polygon, box
 from geomesh.errors import RequestValidationError
 from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool
-from transformers.gdal.reproject import GridSpec
+from transformers.grids import GridSpec
 from transformers.gdal.subset import SubsetRequest, subset
 
 RGBA = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]

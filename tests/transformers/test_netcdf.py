@@ -16,13 +16,12 @@ import xarray as xr
 import zarr
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
-from rasterio.windows import Window
 
 from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
 from geomesh.model import BBox, TimeRange
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import request_pb2, transformer_pb2, transformer_pb2_grpc, types_pb2
-from transformers.gdal.reproject import GridSpec, grid_spec, output_grid, target_crs
+from transformers.grids import GridSpec, grid_spec, output_grid, target_crs
 from transformers.netcdf.process import NetcdfRequest, process
 from transformers.netcdf.service import netcdf_request, serve
 from transformers.netcdf.subset import DimensionRange
@@ -249,7 +248,7 @@ def _gdal_grid(spec: GridSpec):
     with MemoryFile() as memory, memory.open(
         driver="GTiff", width=40, height=20, count=1, dtype="uint8", crs="EPSG:4326", transform=from_origin(-20, 10, 1, 1)
     ) as dataset:
-        return output_grid(dataset, Window(0, 0, 40, 20), target_crs(spec.crs or "EPSG:4326"), spec)
+        return output_grid(dataset.crs, tuple(dataset.bounds), (40, 20), target_crs(spec.crs or "EPSG:4326"), spec)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from affine import Affine
 
 from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
 from geomesh.v1 import transformer_pb2, types_pb2
-from transformers.gdal.reproject import CRS_MESSAGE, INTERPOLATIONS, GridSpec, grid_spec
+from transformers.grids import CRS_MESSAGE, INTERPOLATIONS, GridSpec, grid_spec
 from transformers.swath.process import NETCDF, TIFF, RegridRequest, output_file_name, regrid_granule
 from transformers.swath.regrid import regrid, swath_grid
 from transformers.swath.service import regrid_request

@@ -24,8 +24,8 @@ from transformers.gdal import encode
 from transformers.gdal.datasets import DatasetPool
 from transformers.gdal.grid import map_crs
 from transformers.gdal.render import MapGranule, Rendered, RenderSpec, render
-from transformers.gdal.reproject import grid_spec
 from transformers.gdal.subset import EXTENSIONS, SubsetRequest, output_format, subset
+from transformers.grids import grid_spec_of
 from transformers.serving import FileOutput, FileTransformer, TransformerServer, serve_transformer
 
 # A rendered map travels in one message: leave room under the gRPC message limit.
@@ -55,14 +55,7 @@ def subset_request(item: transformer_pb2.WorkItem) -> SubsetRequest:
         shape=parse_shape(item.shape.content, item.shape.media_type, item.shape.file_name).geometry
         if item.HasField("shape")
         else None,
-        grid=grid_spec(
-            crs=item.output.crs.strip() or None,
-            interpolation=item.output.interpolation or None,
-            extent=item.output.scale_extent,
-            size=item.output.scale_size,
-            width=item.output.width if item.output.HasField("width") else None,
-            height=item.output.height if item.output.HasField("height") else None,
-        ),
+        grid=grid_spec_of(item.output),
     )
 
 

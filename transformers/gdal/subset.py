@@ -33,7 +33,8 @@ from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool
 from transformers.gdal.formats import EXTENSIONS, NAMES, TIFF, WRITERS, Writer, has_mask_band
 from transformers.gdal.masking import crop_area, masked_crop
-from transformers.gdal.reproject import Grid, GridSpec, output_grid, target_crs, warped
+from transformers.gdal.reproject import warped
+from transformers.grids import Grid, GridSpec, output_grid, target_crs
 from transformers.serving import FileOutput
 
 WGS84 = CRS.from_epsg(4326)
@@ -161,7 +162,7 @@ def _warp_grid(src: DatasetReader, window: Window, spec: GridSpec, granule_id: s
     crs = target_crs(spec.crs) if spec.crs else src.crs
     if not spec.regrids and _same_crs(crs.to_wkt(), src.crs.to_wkt()):
         return None
-    return output_grid(src, window, crs, spec)
+    return output_grid(src.crs, window_bounds(window, src.transform), (int(window.width), int(window.height)), crs, spec)
 
 
 @lru_cache(maxsize=256)

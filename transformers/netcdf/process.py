@@ -19,7 +19,7 @@ import xarray as xr
 
 from geomesh.errors import GeomeshError, TransformError, UnsupportedOperationError
 from geomesh.model import BBox, TimeRange
-from transformers.gdal.reproject import GridSpec
+from transformers.grids import GridSpec
 from transformers.netcdf.grids import Axes, cell_sizes, find_axes, source_crs, wgs84_extent
 from transformers.netcdf.regrid import grid_extent, regrid, target_grid, with_grid_mapping
 from transformers.netcdf.subset import (

@@ -1,23 +1,21 @@
 """Reprojection and regridding of a geographic grid with rioxarray, sized as the gdal family sizes grids.
 
-The output grid comes from transformers.gdal.reproject.output_grid (gdalwarp's -te, -tr, -ts rules)
+The output grid comes from transformers.grids.output_grid (gdalwarp's -te, -tr, -ts rules)
 applied to the selected window, so the same request gives the same grid from either family. Only
 the selected window is read (into memory) before the warp.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pyproj
 import xarray as xr
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
-from rasterio.windows import Window
+from rasterio.transform import array_bounds
 
 from geomesh.model import BBox
-from transformers.gdal.reproject import Grid, GridSpec, output_grid, target_crs
+from transformers.grids import Grid, GridSpec, output_grid, target_crs
 from transformers.netcdf.grids import Axes, north_up_transform, require_grid, source_crs
 
 GRID_MAPPING = "crs"
@@ -39,9 +37,9 @@ def target_grid(
     if not spec.regrids and pyproj.CRS.from_wkt(crs.to_wkt()).equals(src_crs, ignore_axis_order=True):
         return None
     lats, lons = ds[lat].values, ds[lon].values
-    # output_grid reads only a source's transform and CRS.
-    source = SimpleNamespace(transform=north_up_transform(lats, lons, sizes, granule_id), crs=CRS.from_wkt(src_crs.to_wkt()))
-    return output_grid(source, Window(0, 0, lons.size, lats.size), crs, spec)  # type: ignore[arg-type]
+    shape = (lons.size, lats.size)
+    bounds = array_bounds(shape[1], shape[0], north_up_transform(lats, lons, sizes, granule_id))
+    return output_grid(CRS.from_wkt(src_crs.to_wkt()), bounds, shape, crs, spec)
 
 
 def regrid(ds: xr.Dataset, axes: Axes, grid: Grid, spec: GridSpec) -> xr.Dataset:

@@ -15,7 +15,7 @@ from geomesh.errors import RequestValidationError, TransformError, UnsupportedOp
 from geomesh.model import optional_bbox, optional_time
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import transformer_pb2
-from transformers.gdal.reproject import grid_spec
+from transformers.grids import grid_spec_of
 from transformers.netcdf.process import NetcdfRequest, local_path, process
 from transformers.netcdf.subset import DimensionRange
 from transformers.netcdf.writers import EXTENSIONS, NETCDF4
@@ -72,14 +72,7 @@ def netcdf_request(item: transformer_pb2.WorkItem) -> NetcdfRequest:
             )
             for d in item.dimensions
         ),
-        grid=grid_spec(
-            crs=item.output.crs.strip() or None,
-            interpolation=item.output.interpolation or None,
-            extent=item.output.scale_extent,
-            size=item.output.scale_size,
-            width=item.output.width if item.output.HasField("width") else None,
-            height=item.output.height if item.output.HasField("height") else None,
-        ),
+        grid=grid_spec_of(item.output),
     )
 
 
@@ -92,15 +85,6 @@ class NetcdfTransformer(FileTransformer):
 
     def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
         return functools.partial(process, netcdf_request(item), self.settings.scratch_dir)
-
-    async def Render(
-        self, request: transformer_pb2.RenderRequest, context: grpc.aio.ServicerContext
-    ) -> transformer_pb2.RenderedMap:
-        """No maps yet: say so (a WMS OperationNotSupported) rather than gRPC's bare UNIMPLEMENTED (a 500)."""
-        raise UnsupportedOperationError(
-            "The netcdf transformer does not draw maps yet: this collection has no WMS GetMap; use the rangeset "
-            "(e.g. format=image/tiff) instead."
-        )
 
 
 async def serve(settings: TransformerSettings) -> TransformerServer:

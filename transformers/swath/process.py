@@ -11,7 +11,7 @@ from pathlib import Path
 from rasterio.errors import RasterioError
 
 from geomesh.errors import TransformError
-from transformers.gdal.reproject import GridSpec
+from transformers.grids import GridSpec
 from transformers.serving import FileOutput
 from transformers.swath.cf_output import write_netcdf
 from transformers.swath.regrid import regrid, swath_grid

@@ -7,7 +7,6 @@ GDAL's geolocation-array transformer (rasterio's `src_geoloc_array`). Blocking: 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +18,7 @@ from rasterio.warp import reproject
 
 from geomesh.errors import RequestValidationError
 from geomesh.model import BBox
-from transformers.gdal.reproject import MAX_PIXELS, MAX_SIDE, GridSpec, target_crs
+from transformers.grids import GridSpec, fit_grid, target_crs
 from transformers.swath.source import Swath
 
 WGS84 = CRS.from_epsg(4326)
@@ -62,31 +61,14 @@ def swath_grid(swath: Swath, spec: GridSpec) -> Grid:
         raise RequestValidationError(f"The swath cannot be placed in the requested CRS {spec.crs}: no point projects.")
     # The swath's own pixel spacing, where nothing the user gave fixes the extent or the pixel size.
     spacing = _spacing(xs, ys) if not spec.extent or not (spec.size or spec.width or spec.height) else 0.0
-    if spec.extent:
-        xmin, ymin, xmax, ymax = spec.extent
-    else:
-        half = spacing / 2
-        xmin, xmax = float(xs[finite].min()) - half, float(xs[finite].max()) + half
-        ymin, ymax = float(ys[finite].min()) - half, float(ys[finite].max()) + half
-    width_span, height_span = xmax - xmin, ymax - ymin
-    if spec.size:
-        xres, yres = spec.size
-        width, height = _count(width_span, xres), _count(height_span, yres)
-    else:
-        if spec.width and spec.height:
-            width, height = spec.width, spec.height
-        elif spec.width:
-            width, height = spec.width, _count(height_span, width_span / spec.width)
-        elif spec.height:
-            width, height = _count(width_span, height_span / spec.height), spec.height
-        else:
-            width, height = _count(width_span, spacing), _count(height_span, spacing)
-        xres, yres = width_span / width, height_span / height  # the pixel count fits the extent exactly
-    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
-        raise RequestValidationError(
-            f"The output would be {width} x {height} pixels, above the limit of {MAX_SIDE} pixels a side and "
-            f"{MAX_PIXELS} pixels in all: ask for a smaller width/height, a coarser scaleSize or a smaller scaleExtent"
-        )
+    half = spacing / 2
+    extent = (
+        float(xs[finite].min()) - half, float(ys[finite].min()) - half,
+        float(xs[finite].max()) + half, float(ys[finite].max()) + half,
+    )
+    fitted = fit_grid(crs, extent, (spacing, spacing), spec)
+    width, height, transform = fitted.width, fitted.height, fitted.transform
+    xmin, ymax, xres, yres = transform.c, transform.f, transform.a, -transform.e
     if width * height * len(swath.variables) > MAX_CELLS:
         raise RequestValidationError(
             f"The output would be {width} x {height} pixels for each of {len(swath.variables)} variables, above the "
@@ -98,7 +80,7 @@ def swath_grid(swath: Swath, spec: GridSpec) -> Grid:
     if inside.any():
         lon, lat = swath.lon[inside], swath.lat[inside]
         footprint = BBox(float(lon.min()), float(lat.min()), float(lon.max()), float(lat.max()))
-    return Grid(crs, Affine(xres, 0.0, xmin, 0.0, -yres, ymax), width, height, footprint)
+    return Grid(crs, transform, width, height, footprint)
 
 
 def _projected(swath: Swath, crs: CRS) -> tuple[np.ndarray, np.ndarray]:
@@ -120,11 +102,6 @@ def _spacing(xs: np.ndarray, ys: np.ndarray) -> float:
     if not steps:
         raise RequestValidationError("The swath has a single point: give scaleSize or width and height with scaleExtent.")
     return min(steps)
-
-
-def _count(span: float, resolution: float) -> int:
-    count = span / resolution
-    return max(1, round(count)) if math.isfinite(count) else MAX_SIDE + 1
 
 
 def regrid(swath: Swath, grid: Grid, resampling: Resampling) -> dict[str, np.ndarray]:

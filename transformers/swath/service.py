@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
 from geomesh.settings import TransformerSettings
-from geomesh.v1 import request_pb2, transformer_pb2
-from transformers.gdal.reproject import CRS_MESSAGE, GridSpec, grid_spec
+from geomesh.v1 import transformer_pb2
+from transformers.grids import grid_spec_of
 from transformers.serving import FileOutput, FileTransformer, TransformerServer, serve_transformer
 from transformers.swath.process import EXTENSIONS, RegridRequest, regrid_granule
 
@@ -32,22 +32,8 @@ def regrid_request(item: transformer_pb2.WorkItem) -> RegridRequest:
         granule_name=granule.name or granule.id,
         href=granule.links[0].href,
         media_type=output_format(item.output.format),
-        grid=_grid_spec(item.output),
+        grid=grid_spec_of(item.output),
     )
-
-
-def _grid_spec(output: request_pb2.OutputOptions) -> GridSpec:
-    try:
-        return grid_spec(
-            crs=output.crs.strip() or None,
-            interpolation=output.interpolation or None,
-            extent=output.scale_extent,
-            size=output.scale_size,
-            width=output.width if output.HasField("width") else None,
-            height=output.height if output.HasField("height") else None,
-        )
-    except ValueError:  # rasterio raises a bare ValueError for some unreadable CRSs ("EPSG:nope")
-        raise RequestValidationError(CRS_MESSAGE) from None
 
 
 def output_format(media_type: str) -> str:
