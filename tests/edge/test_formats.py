@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 
 import numpy as np
+import PIL.Image
 import pytest
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning
@@ -126,3 +128,38 @@ async def test_a_transparent_gif_pixel_is_the_sea(mesh: Mesh) -> None:
     _, _, gif = await get(f"{mesh.rangeset()}{SEED_BBOX}&format=image/gif")
     with open_image(tiff) as cog, open_image(gif) as image:
         np.testing.assert_array_equal(image.read(1) == 255, cog.read(4) == 0)
+
+
+@pytest.mark.parametrize(
+    ("media_type", "pillow_format", "mode"),
+    [("image/png", "PNG", "RGBA"), ("image/gif", "GIF", "P"), ("image/jpeg", "JPEG", "RGB")],
+)
+async def test_pillow_opens_each_image_format(mesh: Mesh, media_type: str, pillow_format: str, mode: str) -> None:
+    """Image viewers and notebooks open these with Pillow, not GDAL: it must decode them whole."""
+    status, _, body = await get(f"{mesh.rangeset()}{SEED_BBOX}&format={media_type}")
+    assert status == 200, body
+    with PIL.Image.open(io.BytesIO(body)) as image:
+        assert (image.format, image.mode, image.size) == (pillow_format, mode, SIZE)
+        pixels = np.asarray(image.convert("RGBA"))
+    with open_image(body) as reference:  # GDAL's decoding of the same bytes
+        gdal_rgba = np.asarray(PIL.Image.fromarray(np.moveaxis(_as_rgba(reference), 0, -1)))
+    if media_type == "image/jpeg":  # decoders differ (chroma upsampling) at sharp edges, nowhere else
+        difference = np.abs(pixels.astype(int) - gdal_rgba.astype(int))
+        assert difference.mean() < 1 and np.median(difference) == 0
+    else:
+        assert np.array_equal(pixels, gdal_rgba)
+
+
+def _as_rgba(image: DatasetReader) -> np.ndarray:
+    """A GDAL-decoded image as 4 x H x W RGBA, expanding a palette."""
+    data = image.read()
+    if image.colorinterp == (ColorInterp.palette,):
+        table = image.colormap(1)
+        lut = np.array([table.get(i, (0, 0, 0, 0)) for i in range(256)], dtype=np.uint8)
+        rgba = np.moveaxis(lut[data[0]], -1, 0)
+        if image.nodata is not None:
+            rgba[3] = np.where(data[0] == image.nodata, 0, rgba[3])
+        return rgba
+    if data.shape[0] == 3:
+        return np.concatenate([data, np.full((1, *data.shape[1:]), 255, np.uint8)])
+    return data
