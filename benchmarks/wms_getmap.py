@@ -60,7 +60,7 @@ import numpy as np
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import MemoryFile
 
-from _mesh import Mesh, free_ports, machine, running_mesh, service_cpu_seconds, tail
+from _mesh import free_ports, machine, running_mesh, service_cpu_seconds, tail
 from bbox_crop import COLLECTION, GRANULE_FILE, GRANULE_ID, Outcome, run_mesh
 
 # Web Mercator: the world is a square of 2 * pi * 6378137 m; tile z/x/y counts from the top left.

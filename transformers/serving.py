@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import grpc
 
-from geomesh.errors import UnsupportedOperationError
+from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
 from geomesh.metrics import OUTPUT_BYTES
 from geomesh.model import BBox, optional_bbox, optional_time
 from geomesh.rpc import RunningServer, start_server
@@ -98,6 +98,27 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
     async def close(self) -> None:
         """Let running work finish; subclasses also release what they keep open."""
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
+
+
+def granule_href(granule: transformer_pb2.Granule) -> str:
+    """The data link a work item's granule is read from."""
+    if not granule.id:
+        raise RequestValidationError("The work item names no granule.")
+    if not granule.links:
+        raise TransformError(f"Granule {granule.id} has no data link to read.")
+    return granule.links[0].href
+
+
+def chosen_format(media_type: str, family: str, formats: Sequence[str], aliases: Mapping[str, str] | None = None) -> str:
+    """The supported media type asked for (parameters and case ignored; empty: the first), or
+    UnsupportedOperationError naming what the family writes."""
+    normalized = media_type.split(";", 1)[0].strip().lower() or formats[0]
+    normalized = (aliases or {}).get(normalized, normalized)
+    if normalized not in formats:
+        raise UnsupportedOperationError(
+            f"The {family} transformer cannot write {media_type!r}; it writes these formats: {', '.join(formats)}."
+        )
+    return normalized
 
 
 def _discard_output(future: concurrent.futures.Future[FileOutput]) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import grpc
 
-from geomesh.errors import PayloadTooLargeError, RequestValidationError, TransformError, UnsupportedOperationError
+from geomesh.errors import PayloadTooLargeError, RequestValidationError, UnsupportedOperationError
 from geomesh.model import optional_bbox
 from geomesh.rpc import MESSAGE_LIMIT
 from geomesh.settings import TransformerSettings
@@ -26,7 +26,7 @@ from transformers.gdal.grid import map_crs
 from transformers.gdal.render import MapGranule, Rendered, RenderSpec, render
 from transformers.gdal.subset import EXTENSIONS, SubsetRequest, output_format, subset
 from transformers.grids import grid_spec_of
-from transformers.serving import FileOutput, FileTransformer, TransformerServer, serve_transformer
+from transformers.serving import FileOutput, FileTransformer, TransformerServer, granule_href, serve_transformer
 
 # A rendered map travels in one message: leave room under the gRPC message limit.
 MAP_BYTES_LIMIT = MESSAGE_LIMIT - 64 * 1024
@@ -40,14 +40,10 @@ def subset_request(item: transformer_pb2.WorkItem) -> SubsetRequest:
     """The WorkItem in domain terms; operations this transformer cannot do yet are refused here."""
     _refuse_unsupported(item)
     granule = item.granule
-    if not granule.id:
-        raise RequestValidationError("The work item names no granule.")
-    if not granule.links:
-        raise TransformError(f"Granule {granule.id} has no data link to read.")
     return SubsetRequest(
         granule_id=granule.id,
         granule_name=granule.name or granule.id,
-        href=granule.links[0].href,
+        href=granule_href(granule),
         media_type=output_format(item.output.format),
         variables=tuple(item.variables),
         bbox=optional_bbox(item),
@@ -99,9 +95,7 @@ def render_spec(request: transformer_pb2.RenderRequest) -> RenderSpec:
         )
     granules = []
     for granule in request.granules:
-        if not granule.links:
-            raise TransformError(f"Granule {granule.id} has no data link to read.")
-        granules.append(MapGranule(granule.id, granule.links[0].href, optional_bbox(granule)))
+        granules.append(MapGranule(granule.id, granule_href(granule), optional_bbox(granule)))
     return RenderSpec(
         granules=tuple(granules),
         variables=tuple(request.variables),

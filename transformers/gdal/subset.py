@@ -35,7 +35,7 @@ from transformers.gdal.formats import EXTENSIONS, NAMES, TIFF, WRITERS, Writer, 
 from transformers.gdal.masking import crop_area, masked_crop
 from transformers.gdal.reproject import warped
 from transformers.grids import Grid, GridSpec, output_grid, target_crs
-from transformers.serving import FileOutput
+from transformers.serving import FileOutput, chosen_format
 
 WGS84 = CRS.from_epsg(4326)
 
@@ -61,13 +61,7 @@ class SubsetRequest:
 
 def output_format(media_type: str) -> str:
     """The supported media type asked for (parameters and case ignored), or UnsupportedOperationError."""
-    normalized = media_type.split(";", 1)[0].strip().lower() or TIFF
-    if normalized not in EXTENSIONS:
-        supported = ", ".join(EXTENSIONS)
-        raise UnsupportedOperationError(
-            f"The gdal transformer cannot write {media_type!r}; it writes these formats: {supported}."
-        )
-    return normalized
+    return chosen_format(media_type, "gdal", list(EXTENSIONS))
 
 
 def gdal_path(href: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-import grpc
 
 from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
 from geomesh.model import optional_bbox, optional_time
@@ -19,21 +18,22 @@ from transformers.grids import grid_spec_of
 from transformers.netcdf.process import NetcdfRequest, local_path, process
 from transformers.netcdf.subset import DimensionRange
 from transformers.netcdf.writers import EXTENSIONS, NETCDF4
-from transformers.serving import FileOutput, FileTransformer, TransformerServer, serve_transformer
+from transformers.serving import (
+    FileOutput,
+    FileTransformer,
+    TransformerServer,
+    chosen_format,
+    granule_href,
+    serve_transformer,
+)
 
 OPERATIONS = ("variable_subset", "bbox_subset", "temporal_subset", "dimension_subset", "reprojection", "reformat")
 
 
 def output_format(media_type: str) -> str:
     """The supported media type asked for (parameters and case ignored), or UnsupportedOperationError."""
-    normalized = media_type.split(";", 1)[0].strip().lower() or NETCDF4
-    if normalized == "application/netcdf":  # Harmony's older name for the same thing
-        normalized = NETCDF4
-    if normalized not in EXTENSIONS:
-        raise UnsupportedOperationError(
-            f"The netcdf transformer cannot write {media_type!r}; it writes these formats: {', '.join(EXTENSIONS)}."
-        )
-    return normalized
+    # application/netcdf: Harmony's older name for the same thing.
+    return chosen_format(media_type, "netcdf", list(EXTENSIONS), {"application/netcdf": NETCDF4})
 
 
 def netcdf_request(item: transformer_pb2.WorkItem) -> NetcdfRequest:
@@ -44,14 +44,11 @@ def netcdf_request(item: transformer_pb2.WorkItem) -> NetcdfRequest:
             "dimension subsets, reprojection and regridding."
         )
     granule = item.granule
-    if not granule.id:
-        raise RequestValidationError("The work item names no granule.")
-    if not granule.links:
-        raise TransformError(f"Granule {granule.id} has no data link to read.")
-    path = local_path(granule.links[0].href)
+    href = granule_href(granule)
+    path = local_path(href)
     if path is None:
         raise TransformError(
-            f"Granule {granule.id}'s data link {granule.links[0].href} is not a local file, and the netcdf "
+            f"Granule {granule.id}'s data link {href} is not a local file, and the netcdf "
             "transformer reads local files only."
         )
     names = [d.name for d in item.dimensions]

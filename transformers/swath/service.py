@@ -9,11 +9,18 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
+from geomesh.errors import UnsupportedOperationError
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import transformer_pb2
 from transformers.grids import grid_spec_of
-from transformers.serving import FileOutput, FileTransformer, TransformerServer, serve_transformer
+from transformers.serving import (
+    FileOutput,
+    FileTransformer,
+    TransformerServer,
+    chosen_format,
+    granule_href,
+    serve_transformer,
+)
 from transformers.swath.process import EXTENSIONS, RegridRequest, regrid_granule
 
 OPERATIONS = ("reprojection",)
@@ -23,14 +30,10 @@ def regrid_request(item: transformer_pb2.WorkItem) -> RegridRequest:
     """The WorkItem in domain terms; what a swath projector does not do is refused here."""
     _refuse_unsupported(item)
     granule = item.granule
-    if not granule.id:
-        raise RequestValidationError("The work item names no granule.")
-    if not granule.links:
-        raise TransformError(f"Granule {granule.id} has no data link to read.")
     return RegridRequest(
         granule_id=granule.id,
         granule_name=granule.name or granule.id,
-        href=granule.links[0].href,
+        href=granule_href(granule),
         media_type=output_format(item.output.format),
         grid=grid_spec_of(item.output),
     )
@@ -38,12 +41,7 @@ def regrid_request(item: transformer_pb2.WorkItem) -> RegridRequest:
 
 def output_format(media_type: str) -> str:
     """The supported media type asked for (parameters and case ignored), or UnsupportedOperationError."""
-    normalized = media_type.split(";", 1)[0].strip().lower() or next(iter(EXTENSIONS))
-    if normalized not in EXTENSIONS:
-        raise UnsupportedOperationError(
-            f"The swath transformer cannot write {media_type!r}; it writes these formats: {', '.join(EXTENSIONS)}."
-        )
-    return normalized
+    return chosen_format(media_type, "swath", list(EXTENSIONS))
 
 
 def _refuse_unsupported(item: transformer_pb2.WorkItem) -> None:
