@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from shapely.geometry.base import BaseGeometry
+
 from catalog.models import CollectionRecord, GranuleRecord, VariableRecord
 from geomesh.model import BBox, TimeRange
 
@@ -18,6 +20,8 @@ class GranuleQuery:
     granule_ids: tuple[str, ...] = ()
     granule_names: tuple[str, ...] = ()  # may hold * and ? wildcards, like CMR's readable_granule_name
     limit: int = 0                       # 0: every match
+    # A shape subset's polygon (WGS84), within `bbox`; the CMR adapter sends CMR only the bbox.
+    shape: BaseGeometry | None = None
 
 
 @dataclass

@@ -6,6 +6,8 @@ import fnmatch
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
+import shapely
+
 from catalog.backend import GranuleQuery, GranuleSearch
 from catalog.models import CatalogFile, CollectionRecord, GranuleRecord, VariableRecord
 from geomesh.errors import NotFoundError
@@ -60,6 +62,8 @@ def _matches(granule: GranuleRecord, query: GranuleQuery) -> bool:
     if query.bbox is not None and not query.bbox.intersects(BBox(*granule.bbox)):
         return False
     if query.temporal is not None and not query.temporal.intersects(TimeRange(granule.time_start, granule.time_end)):
+        return False
+    if query.shape is not None and not query.shape.intersects(shapely.box(*granule.bbox)):
         return False
     return True
 

@@ -16,6 +16,7 @@ from geomesh.errors import NotFoundError, RequestValidationError
 from geomesh.model import BBox, TimeRange, optional_bbox, optional_time
 from geomesh.rpc import RunningServer, start_server
 from geomesh.settings import CatalogSettings
+from geomesh.shapes import GEOJSON, parse_shape
 from geomesh.v1 import catalog_pb2, catalog_pb2_grpc, request_pb2, types_pb2
 
 
@@ -46,6 +47,7 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
             granule_ids=tuple(request.granule_ids),
             granule_names=tuple(request.granule_names),
             limit=request.limit,
+            shape=parse_shape(request.shape_geojson, GEOJSON).geometry if request.shape_geojson else None,
         )
         search = await self.backend.search_granules(query)
         yield catalog_pb2.SearchGranulesResponse(hits=search.hits)

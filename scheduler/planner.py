@@ -70,6 +70,8 @@ class Planner:
             search.bbox.CopyFrom(area.to_proto())
         if request.HasField("temporal"):
             search.temporal.CopyFrom(request.temporal)
+        if request.shape.content:  # a plan's: GeoJSON by now
+            search.shape_geojson = request.shape.content
         hits, granules = 0, []
         async for response in self.catalog.SearchGranules(search, metadata=metadata):
             if response.WhichOneof("item") == "hits":
@@ -83,8 +85,7 @@ async def _normalize_shape(request: request_pb2.DataRequest, bbox: BBox | None) 
     """Check the upload now (a bad one fails before any job exists) and replace it by its GeoJSON in WGS84,
     as Harmony hands services GeoJSON whatever was uploaded; the search area is its bounds (within the bbox).
 
-    Granules are selected by the shape's bounds, not the polygon itself: a granule in a hole or a concave
-    bay of the shape is selected, and the transformer answers that the shape does not intersect it.
+    The catalog then selects granules that intersect the shape itself within those bounds (CMR: its bounds).
     """
     upload = request.shape
     shape = await asyncio.to_thread(parse_shape, upload.content, upload.media_type, upload.file_name)
