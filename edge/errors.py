@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from edge.auth import CHALLENGE
 from geomesh.errors import GeomeshError, NotFoundError, RequestValidationError, UnauthorizedError
@@ -20,6 +22,19 @@ def error_response(error: GeomeshError) -> web.Response:
     if isinstance(error, UnauthorizedError):
         response.headers["WWW-Authenticate"] = CHALLENGE
     return response
+
+
+@contextmanager
+def malformed_body() -> Iterator[None]:
+    """Reading a form body: aiohttp's parsers report a broken one (no multipart boundary, bad part
+    headers, an unknown charset or transfer encoding, undecodable text) with plain exceptions, which
+    are the client's fault, so a 400 rather than a 500."""
+    try:
+        yield
+    except HttpProcessingError as error:
+        raise RequestValidationError(f"The request body could not be read: {error.message.strip()}") from None
+    except (ValueError, LookupError, RuntimeError) as error:
+        raise RequestValidationError(f"The request body could not be read: {error}") from None
 
 
 @web.middleware

@@ -255,11 +255,17 @@ def _output_crs(params: RangesetParameters) -> str:
     text = (params.single("outputCrs") or "").strip()
     if text:
         try:
-            pyproj.CRS.from_user_input(text)
+            crs = pyproj.CRS.from_user_input(text)
         except CRSError:
             raise RequestValidationError(
                 'query parameter "crs/outputCrs" could not be parsed.  Try an EPSG code or Proj4 string.'
             ) from None
+        # A grid needs horizontal axes: GDAL cannot warp to a geocentric (x, y, z) CRS and failed with a 500.
+        if not (crs.is_geographic or crs.is_projected):
+            raise RequestValidationError(
+                f'query parameter "outputCrs" value "{text}" is a {crs.type_name}: use a geographic or projected CRS, '
+                "e.g. an EPSG code or Proj4 string"
+            )
     return text
 
 

@@ -11,6 +11,7 @@ from aiohttp import BodyPartReader, web
 from edge.api.common import COVERAGES, root_url
 from edge.auth import caller
 from edge.clients import CLIENTS
+from edge.errors import malformed_body
 from edge.job_json import job_json
 from edge.rangeset import RangesetParameters, build_request
 from geomesh.errors import GeomeshError, PayloadTooLargeError, RequestValidationError, from_rpc_error
@@ -39,18 +40,20 @@ async def rangeset_post(request: web.Request) -> web.StreamResponse:
     pairs = list(request.query.items())
     shape = None
     if request.content_type == "multipart/form-data":
-        reader = await request.multipart()
-        async for part in reader:
-            if not isinstance(part, BodyPartReader) or not part.name:
-                continue
-            if part.name.lower() == "shapefile":
-                shape = await _read_shape(part)
-            else:
-                pairs.append((part.name, await part.text()))
+        with malformed_body():
+            async for part in await request.multipart():
+                if not isinstance(part, BodyPartReader) or not part.name:
+                    continue
+                if part.name.lower() == "shapefile":
+                    shape = await _read_shape(part)
+                else:
+                    pairs.append((part.name, await part.text()))
     elif not request.body_exists:
         pass  # everything is in the query string
     elif request.content_type == "application/x-www-form-urlencoded":
-        pairs.extend((key, value) for key, value in (await request.post()).items() if isinstance(value, str))
+        with malformed_body():
+            form = await request.post()
+        pairs.extend((key, value) for key, value in form.items() if isinstance(value, str))
     else:
         raise RequestValidationError(
             f"POST bodies of type {request.content_type} are not accepted: send application/x-www-form-urlencoded "

@@ -11,6 +11,7 @@ from edge.api.common import root_url
 from edge.api.downloads import relay_file, requested_offset
 from edge.auth import caller
 from edge.clients import CLIENTS
+from edge.errors import malformed_body
 from edge.job_json import job_json, paging_links
 from edge.rangeset import parse_integer
 from geomesh.errors import RequestValidationError
@@ -152,7 +153,8 @@ async def _label_request(request: web.Request) -> tuple[list[str], list[str]]:
             job_ids += _strings(body.get("jobID", []), "jobID")
             labels += _strings(body.get("label", []), "label")
         else:
-            form = await request.post()
+            with malformed_body():
+                form = await request.post()
             job_ids += [v for v in form.getall("jobID", []) if isinstance(v, str)]
             labels += [v for v in form.getall("label", []) if isinstance(v, str)]
     job_ids, labels = _listed(job_ids), _listed(labels)
@@ -173,10 +175,14 @@ def _listed(values: list[str]) -> list[str]:
 
 
 async def _json_body(request: web.Request) -> Any:
+    """The body as JSON; anything the scheduler could not be sent (protobuf strings are UTF-8, and
+    JSON's \\ud800 escapes make lone surrogates that are not) is the client's error, a 400."""
     try:
-        return json.loads(await request.text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        body = json.loads(await request.text())
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (ValueError, LookupError, RecursionError) as error:  # bad JSON or bytes, unknown charset, too deep
         raise RequestValidationError(f"The request body is not valid JSON: {error}") from None
+    return body
 
 
 def _paging(request: web.Request, default_limit: int) -> tuple[int, int]:

@@ -99,6 +99,32 @@ async def test_post_form_and_multipart_equal_get(mesh: Mesh) -> None:
             assert dataset.bounds == pytest.approx((0, -10, 20, 10), abs=0.05)
 
 
+def _part(headers: str, value: bytes = b"x") -> bytes:
+    return b"--b\r\n" + headers.encode() + b"\r\n\r\n" + value + b"\r\n--b--\r\n"
+
+
+# Found by schemathesis (tests/edge/test_schemathesis.py): aiohttp's form parsers raised, and each was a 500.
+@pytest.mark.parametrize(
+    ("content_type", "body", "reason"),
+    [
+        ("multipart/form-data", b"granuleId=x", "boundary missed"),
+        ("multipart/form-data; boundary=b", _part('Content-Disposition: form-data; name="granuleId"\r\nBad Header: x'), ""),
+        ("multipart/form-data; boundary=b",
+         _part('Content-Disposition: form-data; name="granuleId"\r\nContent-Type: text/plain; charset=nope'), "nope"),
+        ("multipart/form-data; boundary=b",
+         _part('Content-Disposition: form-data; name="granuleId"\r\nContent-Transfer-Encoding: rot13'), "rot13"),
+        ("multipart/form-data; boundary=b", _part('Content-Disposition: form-data; name="granuleId"', b"\xff\xfe"), "utf-8"),
+    ],
+    ids=["no boundary", "bad part header", "unknown charset", "unknown transfer encoding", "not utf-8"],
+)
+async def test_malformed_post_bodies_are_400s(mesh: Mesh, content_type: str, body: bytes, reason: str) -> None:
+    status, headers, answer = await get(mesh.rangeset(), data=body, headers={"Content-Type": content_type})
+    assert status == 400, answer
+    error = json.loads(answer)
+    assert error["code"] == "harmony.RequestValidationError"
+    assert error["description"].startswith("Error: The request body could not be read") and reason in error["description"]
+
+
 async def test_comma_separated_variables_and_png(mesh: Mesh) -> None:
     status, headers, body = await get(
         f"{mesh.coverages()}/collections/red_var,green_var,blue_var/coverage/rangeset"

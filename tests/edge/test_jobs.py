@@ -7,6 +7,7 @@ import io
 import time
 from typing import Any
 
+import pytest
 import rasterio
 import requests
 
@@ -168,6 +169,25 @@ async def test_labels_by_query_string_and_json_body(mesh: Mesh) -> None:
     assert (await call("GET", f"{mesh.url}/jobs/{job_id}")).json()["labels"] == ["beta"]
     missing = await call("PUT", f"{mesh.url}/labels?jobID={job_id}")
     assert missing.status_code == 400
+
+
+# Found by schemathesis (tests/edge/test_schemathesis.py): each of these bodies was a 500.
+@pytest.mark.parametrize(
+    ("method", "path", "content_type", "body"),
+    [
+        ("PUT", "/labels", "multipart/form-data", b"jobID=x&label=y"),  # no boundary
+        ("DELETE", "/labels", "multipart/form-data", b"jobID=x&label=y"),
+        ("POST", "/jobs/status", "application/json; charset=nope", b'{"jobIDs": []}'),
+        ("POST", "/jobs/status", "application/json", b"[" * 100_000),  # deeper than Python's recursion limit
+        ("POST", "/jobs/status", "application/json", b'{"jobIDs": ["\\ud800"]}'),  # a lone surrogate: not UTF-8
+        ("PUT", "/labels", "application/json", b'{"jobID": ["00000000-0000-4000-8000-000000000000"], "label": "\\udfff"}'),
+    ],
+    ids=["labels no boundary", "unlabel no boundary", "unknown charset", "too deep", "surrogate job id", "surrogate label"],
+)
+async def test_unreadable_bodies_are_400s(mesh: Mesh, method: str, path: str, content_type: str, body: bytes) -> None:
+    response = await call(method, f"{mesh.url}{path}", data=body, headers={"Content-Type": content_type})
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "harmony.RequestValidationError"
 
 
 async def test_bad_job_ids_and_paging_values(mesh: Mesh) -> None:

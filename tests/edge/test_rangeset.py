@@ -57,6 +57,10 @@ def test_output_options() -> None:
         ([("variable", "a")], "red_var", '"variable" parameter may only be used'),
         ([("colour", "red")], "all", "Unknown query parameter 'colour'"),
         ([("subsettingCrs", "EPSG:3857")], "all", '"subsettingCrs" value "EPSG:3857" is not supported'),
+        # Geocentric outputs were a 500 from GDAL in the transformers (found while fuzzing the API).
+        ([("outputCrs", "EPSG:4978")], "all", '"outputCrs" value "EPSG:4978" is a Geocentric CRS'),
+        ([("outputCrs", "+proj=geocent")], "all", "is a Geocentric CRS: use a geographic or projected CRS"),
+        ([("outputCrs", "EPSG:5773")], "all", '"outputCrs" value "EPSG:5773" is a Vertical CRS'),
     ],
 )
 def test_invalid_parameters_say_what_is_wrong(pairs: list[tuple[str, str]], variable: str, message: str) -> None:

@@ -21,7 +21,7 @@ from geomesh.rpc import open_channel, rpc_errors
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import transformer_pb2, transformer_pb2_grpc, types_pb2
 from transformers.gdal.grid import MapGrid, map_crs
-from transformers.gdal.render import _ramp
+from transformers.gdal.render import _placement, _ramp
 from transformers.gdal.service import TransformerServer, serve
 
 WORLD = (-180.0, -90.0, 180.0, 90.0)
@@ -195,6 +195,23 @@ async def test_web_mercator_tile(
     expected = np.where(sampled[3] > 0, sampled[:3], np.array(WHITE, dtype=np.uint8)[:, None, None])
     assert np.mean(pixels != expected) < 1e-3  # only pixel centres within rounding of an edge may differ
     assert (pixels != 255).any() and (pixels == 255).all(axis=0).any()  # land and sea both on the tile
+
+
+async def test_a_web_mercator_bbox_far_off_the_earth_reads_a_small_window(
+    stub: transformer_pb2_grpc.TransformerStub, granules: dict[str, types_pb2.Granule]
+) -> None:
+    """Such a BBOX wraps longitudes column by column; the window once spanned the wrapped ones too
+    (1.2 billion pixels wide, read at full size: 10 s and gigabytes per granule). Found probing WMS by hand alongside schemathesis."""
+    world = granules["001_00_7f00ff_global"]
+    with rasterio.open(world.links[0].href.removeprefix("file://")) as src:
+        grid = MapGrid(map_crs("EPSG:3857"), (-1e30, -1e30, 1e30, 1e30), 10, 10)
+        placement = _placement(grid, src.crs.to_wkt(), src.transform, src.width, src.height, tuple(src.overviews(1)))
+        assert placement is not None
+        assert placement.window.width <= src.width and placement.window.height <= src.height
+    header, content = await get_map(
+        stub, map_request(world, bounds=(-1e30, -1e30, 1e30, 1e30), crs="EPSG:3857", width=10, height=10)
+    )
+    assert decode(content)[0].shape == (3, 10, 10)
 
 
 async def test_last_granule_is_drawn_on_top(

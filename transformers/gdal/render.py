@@ -200,9 +200,17 @@ def _crop(values: np.ndarray, rows: slice, cols: slice) -> np.ndarray:
 
 
 def _span(position: np.ndarray, inside: np.ndarray) -> tuple[int, int]:
-    """First and last source pixel used along one axis."""
-    if position.size < inside.size:  # a vector: every entry in the crop lies on the granule
-        used = position
+    """First and last source pixel used along one axis.
+
+    A vector's crop may hold entries off the granule: projected coordinates can wrap (a BBOX far off
+    the Earth in EPSG:3857 gives columns in and out of the granule by turns), and one wild entry made
+    the window billions of pixels wide, read at full size. So only the entries some map pixel uses count.
+    """
+    rows, cols = inside.shape
+    if position.shape == (1, cols) and rows > 1:  # a row vector: one entry per map column
+        used = position[0][inside.any(axis=0)]
+    elif position.shape == (rows, 1) and cols > 1:  # a column vector: one per map row
+        used = position[:, 0][inside.any(axis=1)]
     else:
         used = np.broadcast_to(position, inside.shape)[inside]
     return int(math.floor(used.min())), int(math.floor(used.max()))
