@@ -16,7 +16,6 @@ Without a file the edge runs single-user: every request belongs to `default_user
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -89,16 +88,18 @@ class Authenticator:
         return Caller(user.name, user.admin)
 
     def _by_token(self, token: str) -> UserRecord | None:
+        # aiohttp keeps header bytes that are not UTF-8 as surrogates: compare the bytes as sent.
+        given = token.encode("utf-8", "surrogateescape")
         for user in self._users or []:
             # Compare every token, in constant time, so timing does not leak which one nearly matched.
-            if any(hmac.compare_digest(token.encode(), known.encode()) for known in user.tokens):
+            if any(hmac.compare_digest(given, known.encode()) for known in user.tokens):
                 return user
         return None
 
     def _by_password(self, encoded: str) -> UserRecord | None:
         try:
             name, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # not base64 (binascii.Error), not ASCII, or not UTF-8 once decoded
             raise UnauthorizedError("Basic credentials must be base64 of user:password") from None
         digest = hashlib.sha256(password.encode()).hexdigest()
         for user in self._users or []:

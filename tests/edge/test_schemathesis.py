@@ -103,7 +103,17 @@ def edge_url(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         _stop(process)
 
 
-def _finished_job(edge_url: str) -> str:
+@pytest.fixture(scope="module")
+def api_schema(edge_url: str) -> BaseSchema:
+    """The document as the edge serves it; the root paths (jobs, WMS, ...) name the server `/` themselves."""
+    config = SchemathesisConfig.from_dict({"request-timeout": 30})
+    return schemathesis.openapi.from_url(
+        f"{edge_url}/{HARMONY_EXAMPLE}/ogc-api-coverages/1.0.0/api?f=json", config=config, timeout=30
+    )
+
+
+@pytest.fixture(scope="module")
+def job_id(edge_url: str) -> str:
     """A successful one-granule job, so the job, STAC and download operations meet a real one."""
     rangeset = f"{edge_url}/{HARMONY_EXAMPLE}/ogc-api-coverages/1.0.0/collections/all/coverage/rangeset"
     response = requests.get(
@@ -116,20 +126,6 @@ def _finished_job(edge_url: str) -> str:
         assert time.monotonic() < deadline, f"job {job_id} did not finish"
         time.sleep(0.1)
     return job_id
-
-
-@pytest.fixture(scope="module")
-def api_schema(edge_url: str) -> BaseSchema:
-    """The document as the edge serves it; the root paths (jobs, WMS, ...) name the server `/` themselves."""
-    config = SchemathesisConfig.from_dict({"request-timeout": 30})
-    return schemathesis.openapi.from_url(
-        f"{edge_url}/{HARMONY_EXAMPLE}/ogc-api-coverages/1.0.0/api?f=json", config=config, timeout=30
-    )
-
-
-@pytest.fixture(scope="module")
-def job_id(edge_url: str) -> str:
-    return _finished_job(edge_url)
 
 
 # From the file, so the tests are known before any mesh runs (test_openapi keeps it equal to the served one).

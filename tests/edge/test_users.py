@@ -60,3 +60,14 @@ async def test_other_users_get_404_on_every_route_and_admins_see_all(secured: Me
     everyone = (await call("GET", f"{secured.url}/jobs?limit=10000", headers=ROOT)).json()
     assert job_id in [j["jobID"] for j in everyone["jobs"]]
     assert (await call("GET", f"{secured.url}/jobs/{job_id}", headers=ALICE)).json()["labels"] == ["mine"]
+
+
+async def test_credentials_that_are_not_utf8_get_401(secured: Mesh) -> None:
+    """aiohttp keeps undecodable header bytes as surrogates, which a token compare could not encode (a 500)."""
+    for value in (b"Bearer \xff\xfe", b"Basic \xff"):
+        response = await call("GET", f"{secured.url}/jobs", headers={"Authorization": value})
+        assert response.status_code == 401, response.text
+        assert response.json()["code"] == "harmony.UnauthorizedError"
+    wms = await call("GET", f"{secured.url}/C1233800302-EEDTEST/wms?SERVICE=WMS&REQUEST=GetCapabilities",
+                     headers={"Authorization": b"Bearer \xff"})
+    assert wms.status_code == 401 and b"ServiceExceptionReport" in wms.content
