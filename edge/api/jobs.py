@@ -175,8 +175,8 @@ def _listed(values: list[str]) -> list[str]:
 
 
 async def _json_body(request: web.Request) -> Any:
-    """The body as JSON; anything the scheduler could not be sent (protobuf strings are UTF-8, and
-    JSON's \\ud800 escapes make lone surrogates that are not) is the client's error, a 400."""
+    """The body as JSON, refusing what could not go on to the scheduler: JSON may escape lone
+    surrogates ("\\ud800"), which are not Unicode and so no protobuf string (a 500 before)."""
     try:
         body = json.loads(await request.text())
         json.dumps(body, ensure_ascii=False).encode("utf-8")
