@@ -41,6 +41,8 @@ class Capabilities(_Strict):
     output_formats: list[str] = Field(min_length=1)
     reprojection: bool = False
     concatenation: bool = False
+    # geomesh's own key: the service's transformer draws WMS maps (Render).
+    maps: bool = False
 
 
 class Transformer(_Strict):

@@ -177,6 +177,7 @@ def service_to_proto(service: ServiceConfig) -> catalog_pb2.Service:
             reprojection=capabilities.reprojection,
             concatenation=capabilities.concatenation,
             output_formats=capabilities.output_formats,
+            maps=capabilities.maps,
         ),
     )
 

@@ -263,8 +263,10 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             plan = await self.planner.plan(
                 request_pb2.DataRequest(collection=request.collection, variables=request.render.variables), metadata
             )
-            if plan.direct_download:
-                raise UnsupportedOperationError(f"No service renders maps of {plan.request.collection}.")
+            if plan.direct_download or not plan.match.service.capabilities.maps:
+                raise UnsupportedOperationError(
+                    f"No service draws maps of {plan.request.collection}: use its rangeset (ogc-api-coverages) instead."
+                )
             self._map_plans.put(key, plan)
         return plan  # type: ignore[return-value]
 

@@ -80,7 +80,7 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
     async def Render(
         self, request: transformer_pb2.RenderRequest, context: grpc.aio.ServicerContext
     ) -> transformer_pb2.RenderedMap:
-        """Families that draw no maps say so (a WMS OperationNotSupported), not gRPC's bare UNIMPLEMENTED."""
+        """Families that draw no maps say so (a WMS OperationNotSupported), not gRPC's bare "Method not implemented!"."""
         raise UnsupportedOperationError(
             f"The {self.family} transformer does not draw maps: this collection has no WMS GetMap; use the "
             "rangeset (e.g. format=image/tiff) instead."

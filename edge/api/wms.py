@@ -59,7 +59,7 @@ class MapSource:
     tree: LayerTree
     variables: dict[str, list[str]]     # layer name -> the variables it draws
     granule_times: list[TimeRange]
-    renderable: bool                    # a service exists for the collection
+    renderable: bool                    # the collection's first service draws maps
 
 
 # Collection id -> (expiry, source); one per app, made by install() before the app starts.
@@ -240,7 +240,7 @@ def _time(text: str, source: MapSource) -> TimeRange:
 
 
 def _not_rendered(source: MapSource) -> WmsError:
-    return WmsError("OperationNotSupported", f"No service draws maps of {source.collection_id}: its granules can only be downloaded", http_status=422)
+    return WmsError("OperationNotSupported", f"No service draws maps of {source.collection_id}: use its rangeset (ogc-api-coverages) instead", http_status=422)
 
 
 async def _source(request: web.Request) -> MapSource:
@@ -280,7 +280,7 @@ async def _load(request: web.Request, collection: str) -> MapSource:
         times=tuple(_iso(s) for s in starts),
         default_time=default_time,
     )
-    return MapSource(info.id, tree, variables, granule_times, renderable=bool(described.services))
+    return MapSource(info.id, tree, variables, granule_times, renderable=bool(described.services) and described.services[0].capabilities.maps)
 
 
 def _layers(info: types_pb2.Collection, variables: list[types_pb2.Variable]) -> tuple[list[MapLayer], dict[str, list[str]]]:

@@ -192,10 +192,25 @@ async def test_capabilities_list_both_netcdf_services(mesh: Mesh) -> None:
     assert capabilities["temporalSubset"] and capabilities["bboxSubset"] and capabilities["reproject"]
 
 
-async def test_a_wms_map_of_v2_is_refused_clearly(mesh: Mesh) -> None:
+@pytest.mark.parametrize("collection", [V2, L2_SWATH])
+@pytest.mark.parametrize("request_kind", ["GetCapabilities", "GetMap"])
+async def test_no_wms_for_collections_whose_service_draws_no_maps(mesh: Mesh, collection: str, request_kind: str) -> None:
+    """Their services have no `maps: true` in the registry: no layers are offered that GetMap would refuse."""
     status, _, body = await get(
-        f"{mesh.url}/{V2}/wms?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS={V2}&STYLES=&CRS=EPSG:4326"
-        "&BBOX=-90,-180,90,180&WIDTH=256&HEIGHT=128&FORMAT=image/png"
+        f"{mesh.url}/{collection}/wms?SERVICE=WMS&VERSION=1.3.0&REQUEST={request_kind}&LAYERS={collection}&STYLES="
+        "&CRS=EPSG:4326&BBOX=-90,-180,90,180&WIDTH=256&HEIGHT=128&FORMAT=image/png"
     )
     assert status == 422
-    assert b'code="OperationNotSupported"' in body and b"does not draw maps" in body
+    assert b'code="OperationNotSupported"' in body and f"No service draws maps of {collection}".encode() in body
+
+
+async def test_a_transformer_that_draws_no_maps_says_so(mesh: Mesh) -> None:
+    """Called directly over gRPC (bypassing the scheduler), Render is refused with a reason, not gRPC's bare
+    "Method not implemented!"."""
+    async with grpc.aio.insecure_channel(mesh.transformer_addresses["netcdf"]) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await transformer_pb2_grpc.TransformerStub(channel).Render(transformer_pb2.RenderRequest(width=8, height=8))
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED  # UnsupportedOperationError's status: a 422
+    assert "The netcdf transformer does not draw maps" in (raised.value.details() or "")
+
+
