@@ -129,6 +129,8 @@ def target_crs(text: str) -> CRS:
         crs = CRS.from_user_input(text)
     except (CRSError, ValueError):  # rasterio raises a bare ValueError for some, e.g. "EPSG:nope"
         raise RequestValidationError(CRS_MESSAGE) from None
+    if not (crs.is_geographic or crs.is_projected):  # GDAL cannot warp to a geocentric or vertical CRS
+        raise RequestValidationError(f"outputCrs {text!r} is neither geographic nor projected: {CRS_MESSAGE}")
     code = crs.to_epsg()
     if code is None:
         return crs

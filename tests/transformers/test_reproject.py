@@ -209,3 +209,10 @@ def test_a_different_projection_is_not_renamed_to_an_epsg_code() -> None:
 
 def test_edge_and_transformer_know_the_same_interpolations() -> None:
     assert tuple(INTERPOLATIONS) == rangeset.INTERPOLATIONS
+
+
+@pytest.mark.parametrize("text", ["EPSG:4978", "+proj=geocent +datum=WGS84", "EPSG:5773", "EPSG:nope"])
+def test_a_crs_no_grid_can_be_warped_to_is_a_request_error(text: str) -> None:
+    """Geocentric and vertical CRSs, and unknown codes, sent straight to a transformer: a 400, not a GDAL failure."""
+    with pytest.raises(RequestValidationError, match="could not be parsed"):
+        target_crs(text)
