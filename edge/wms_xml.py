@@ -11,6 +11,8 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from edge.wms_info import INFO_FORMATS
+
 WMS_NS = "http://www.opengis.net/wms"
 OGC_NS = "http://www.opengis.net/ogc"
 XLINK_NS = "http://www.w3.org/1999/xlink"
@@ -67,6 +69,7 @@ def capabilities(tree: LayerTree, service_url: str) -> bytes:
     # The spec wants an online resource prefix that parameters can be appended to.
     _operation(requests, "GetCapabilities", ("text/xml",), service_url + "?")
     _operation(requests, "GetMap", MAP_FORMATS, service_url + "?")
+    _operation(requests, "GetFeatureInfo", INFO_FORMATS, service_url + "?")
     exception = _sub(capability, "Exception")
     _sub(exception, "Format", "XML")
 
@@ -77,7 +80,7 @@ def capabilities(tree: LayerTree, service_url: str) -> bytes:
         _sub(collection, "CRS", code)
     _extent(collection, tree.bbox)
     for layer in tree.layers:
-        named = _sub(collection, "Layer", attrib={"queryable": "0", "opaque": "0"})
+        named = _sub(collection, "Layer", attrib={"queryable": "1", "opaque": "0"})  # GetFeatureInfo
         _sub(named, "Name", layer.name)
         _sub(named, "Title", layer.title)
         if layer.abstract:

@@ -48,6 +48,16 @@ def footprint(render: transformer_pb2.RenderRequest) -> BBox:
     return BBox(max(west, -180.0), max(south, -90.0), min(east, 180.0), min(north, 90.0))
 
 
+def pixel_cell(render: transformer_pb2.RenderRequest, i: int, j: int) -> transformer_pb2.RenderRequest:
+    """The extent of one map pixel (column i, row j from the top left), to search the granules under it."""
+    step_x = (render.max_x - render.min_x) / render.width
+    step_y = (render.max_y - render.min_y) / render.height
+    max_y = render.max_y - j * step_y
+    return transformer_pb2.RenderRequest(
+        crs=render.crs, min_x=render.min_x + i * step_x, max_x=render.min_x + (i + 1) * step_x, min_y=max_y - step_y, max_y=max_y
+    )
+
+
 def covering(granules: list[types_pb2.Granule], search: request_pb2.DataRequest) -> list[types_pb2.Granule]:
     """The granules a search would find: ids, extent and time, as the catalog matches them."""
     wanted_ids = set(search.granule_ids)

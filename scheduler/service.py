@@ -31,6 +31,7 @@ from scheduler.maps import (
     covering,
     drawing_order,
     footprint,
+    pixel_cell,
     proj_crs,
 )
 from scheduler.planner import Plan, Planner, limit_message, work_item
@@ -225,12 +226,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         metadata = ((REQUEST_ID_KEY, request.request_id),)
         with rpc_errors():
             plan = await self._map_plan(request, metadata)
-            search = request_pb2.DataRequest(
-                collection=plan.request.collection, granule_ids=request.granule_ids, bbox=footprint(request.render).to_proto()
-            )
-            if request.HasField("temporal"):
-                search.temporal.CopyFrom(request.temporal)
-            granules = await self._map_granules(search, metadata)
+            granules = await self._map_granules(self._map_search(plan, request, request.render), metadata)
         # No granule there: a blank map (background or transparent), as WMS clients expect.
         render = transformer_pb2.RenderRequest()
         render.CopyFrom(request.render)
@@ -240,6 +236,37 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         del render.variables[:]
         render.variables.extend(plan.request.variables)
         return await self.transformers.render(list(plan.match.service.addresses), render)
+
+    async def GetFeatureInfo(
+        self, request: scheduler_pb2.FeatureInfoRequest, context: grpc.aio.ServicerContext
+    ) -> transformer_pb2.Samples:
+        """The granules GetMap would draw under the pixel, newest first, sampled by the layer's renderer."""
+        map_request = request.map
+        metadata = ((REQUEST_ID_KEY, map_request.request_id),)
+        with rpc_errors():
+            render = map_request.render
+            if not (0 <= request.i < render.width and 0 <= request.j < render.height):
+                raise RequestValidationError(f"The pixel ({request.i}, {request.j}) is not on the {render.width}x{render.height} map.")
+            plan = await self._map_plan(map_request, metadata)
+            # Only the granules under the pixel's own cell: a map-wide search would find far more.
+            granules = await self._map_granules(self._map_search(plan, map_request, pixel_cell(render, request.i, request.j)), metadata)
+        sample = transformer_pb2.SampleRequest(
+            request_id=map_request.request_id, variables=plan.request.variables, crs=proj_crs(render.crs),
+            min_x=render.min_x, min_y=render.min_y, max_x=render.max_x, max_y=render.max_y,
+            width=render.width, height=render.height, i=request.i, j=request.j,
+            feature_count=max(1, request.feature_count),
+        )
+        sample.granules.extend(reversed(drawing_order(granules)))
+        return await self.transformers.sample(list(plan.match.service.addresses), sample)
+
+    @staticmethod
+    def _map_search(plan: Plan, request: scheduler_pb2.MapRequest, extent: transformer_pb2.RenderRequest) -> request_pb2.DataRequest:
+        search = request_pb2.DataRequest(
+            collection=plan.request.collection, granule_ids=request.granule_ids, bbox=footprint(extent).to_proto()
+        )
+        if request.HasField("temporal"):
+            search.temporal.CopyFrom(request.temporal)
+        return search
 
     async def _map_granules(self, search: request_pb2.DataRequest, metadata: tuple) -> list[types_pb2.Granule]:
         """The granules a map covers. A collection small enough is listed once and filtered here,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -41,12 +42,20 @@ class TransformerPool:
 
     async def render(self, addresses: list[str], request: transformer_pb2.RenderRequest) -> transformer_pb2.RenderedMap:
         """A rendered map; an unreachable replica is skipped."""
+        return await self._unary(addresses, "Render", request)
+
+    async def sample(self, addresses: list[str], request: transformer_pb2.SampleRequest) -> transformer_pb2.Samples:
+        """The values under a map pixel; an unreachable replica is skipped."""
+        return await self._unary(addresses, "Sample", request)
+
+    async def _unary(self, addresses: list[str], method: str, request: Any) -> Any:
+        """One unary call on the next replica in turn, failing over while replicas are unreachable."""
         last_error: Exception | None = None
         for address in self._order(addresses):
             replica = self._replica(address)
             async with replica.slots:
                 try:
-                    return await replica.stub.Render(request, metadata=((REQUEST_ID_KEY, request.request_id),))
+                    return await getattr(replica.stub, method)(request, metadata=((REQUEST_ID_KEY, request.request_id),))
                 except grpc.RpcError as error:
                     if error.code() != grpc.StatusCode.UNAVAILABLE:
                         raise from_rpc_error(error) from None

@@ -86,6 +86,15 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
             "rangeset (e.g. format=image/tiff) instead."
         )
 
+    async def Sample(
+        self, request: transformer_pb2.SampleRequest, context: grpc.aio.ServicerContext
+    ) -> transformer_pb2.Samples:
+        """Like Render: a family that draws no maps has no map pixels to query (WMS GetFeatureInfo)."""
+        raise UnsupportedOperationError(
+            f"The {self.family} transformer does not draw maps, so it has no map pixels to query: this collection "
+            "has no WMS GetFeatureInfo; use the rangeset instead."
+        )
+
     async def _run(self, work: Callable[[], FileOutput]) -> FileOutput:
         """Run on a worker thread; if the caller goes away first, the output is deleted when done."""
         future = self.executor.submit(work)

@@ -1,4 +1,4 @@
-"""WMS 1.3.0 at /{collectionId}/wms: GetCapabilities, and GetMap rendered by the scheduler.
+"""WMS 1.3.0 at /{collectionId}/wms: GetCapabilities, and GetMap and GetFeatureInfo answered by the scheduler.
 
 Parameter names are case-insensitive and values case-sensitive, as the standard says. One layer
 per map (LayerLimit 1): the composite layer already draws three variables, and stacking maps
@@ -20,6 +20,7 @@ from aiohttp import web
 from edge.api.common import root_url
 from edge.auth import CHALLENGE, caller
 from edge.clients import CLIENTS
+from edge.wms_info import INFO_FORMATS, feature_info
 from edge.wms_xml import (
     CRS_CODES, DEFAULT_STYLE, LAYER_LIMIT, MAP_FORMATS, MAX_SIZE, LayerTree, MapLayer, capabilities, exception_report,
 )
@@ -35,7 +36,9 @@ routes = web.RouteTableDef()
 CACHE_SECONDS = 60.0
 RGB = ("red_var", "green_var", "blue_var")
 # Operations of WMS that exist but are not offered here (the rest are simply invalid).
-_UNSUPPORTED = ("GetFeatureInfo", "GetLegendGraphic", "GetStyles", "DescribeLayer")
+_UNSUPPORTED = ("GetLegendGraphic", "GetStyles", "DescribeLayer")
+# GetFeatureInfo reports at most this many granules under a point (the scheduler samples no more).
+MAX_FEATURE_COUNT = 16
 # Errors from the catalog or scheduler whose WMS code is not their class's default.
 _CODES: dict[type[GeomeshError], str] = {UnsupportedOperationError: "OperationNotSupported"}
 _XML = "text/xml"
@@ -82,11 +85,14 @@ async def wms(request: web.Request) -> web.StreamResponse:
             return await _get_capabilities(request, params)
         if operation == "GetMap":
             return await _get_map(request, params, user)
+        if operation == "GetFeatureInfo":
+            return await _get_feature_info(request, params, user)
         if operation in _UNSUPPORTED:
-            raise WmsError("OperationNotSupported", f"{operation} is not offered by this server: use GetCapabilities or GetMap", "request")
+            raise WmsError("OperationNotSupported",
+                           f"{operation} is not offered by this server: use GetCapabilities, GetMap or GetFeatureInfo", "request")
         raise WmsError("InvalidParameterValue",
-                       f"REQUEST={operation} is not a WMS 1.3.0 operation here (values are case-sensitive): use GetCapabilities or GetMap",
-                       "request")
+                       f"REQUEST={operation} is not a WMS 1.3.0 operation here (values are case-sensitive): "
+                       "use GetCapabilities, GetMap or GetFeatureInfo", "request")
     except GeomeshError as error:
         return _exception(error)
     except Exception:
@@ -118,14 +124,7 @@ async def _get_capabilities(request: web.Request, params: dict[str, str]) -> web
 
 
 async def _get_map(request: web.Request, params: dict[str, str], user: str) -> web.StreamResponse:
-    version = _required(params, "version")
-    if version != "1.3.0":
-        raise WmsError("InvalidParameterValue", f"VERSION={version} is not supported: this server speaks WMS 1.3.0", "version")
-    if params.get("service", "WMS") != "WMS":
-        raise WmsError("InvalidParameterValue", f"SERVICE={params['service']} is not served here: use SERVICE=WMS", "service")
-    source = await _source(request)
-    if not source.renderable:
-        raise _not_rendered(source)
+    source = await _map_source(request, params)
     map_request = _map_request(params, source)
     map_request.request_id = str(uuid.uuid4())
     map_request.user = user
@@ -139,6 +138,62 @@ async def _get_map(request: web.Request, params: dict[str, str], user: str) -> w
             "X-Request-Id": map_request.request_id,
         },
     )
+
+
+async def _get_feature_info(request: web.Request, params: dict[str, str], user: str) -> web.Response:
+    """The values under pixel I, J of the map the GetMap parameters describe, for its query layer."""
+    source = await _map_source(request, params)
+    params.setdefault("format", MAP_FORMATS[0])  # lenient, like STYLES: the map's format does not matter here
+    map_request = _map_request(params, source)
+    layer = params["layers"].split(",")[0]
+    for name in _required(params, "query_layers").split(","):
+        if name not in source.variables:
+            raise WmsError("LayerNotDefined", f"No layer {name!r}: the layers are {', '.join(source.variables)}", "query_layers")
+        if name != layer:
+            raise WmsError("LayerNotQueryable", f"QUERY_LAYERS names {name!r}, which is not in LAYERS ({layer})", "query_layers")
+    info_format = _required(params, "info_format")
+    if info_format not in INFO_FORMATS:
+        raise WmsError("InvalidFormat", f"INFO_FORMAT={info_format} is not offered: use one of {', '.join(INFO_FORMATS)}", "info_format")
+    render = map_request.render
+    i, j = _pixel(params, "i", render.width), _pixel(params, "j", render.height)
+    count_text = params.get("feature_count", "1")
+    try:
+        count = int(count_text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise WmsError("InvalidParameterValue", f"FEATURE_COUNT={count_text} must be a whole number of at least 1", "feature_count")
+    map_request.request_id = str(uuid.uuid4())
+    map_request.user = user
+    info_request = scheduler_pb2.FeatureInfoRequest(map=map_request, i=i, j=j, feature_count=min(count, MAX_FEATURE_COUNT))
+    with rpc_errors():
+        samples = await request.app[CLIENTS].scheduler.GetFeatureInfo(info_request, metadata=((REQUEST_ID_KEY, map_request.request_id),))
+    return web.Response(body=feature_info(layer, samples, info_format), content_type=info_format, charset="utf-8",
+                        headers={"X-Request-Id": map_request.request_id})
+
+
+def _pixel(params: dict[str, str], name: str, size: int) -> int:
+    text = _required(params, name)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < size:
+        raise WmsError("InvalidPoint", f"{name.upper()}={text} must be a whole pixel number from 0 to {size - 1}", name)
+    return value
+
+
+async def _map_source(request: web.Request, params: dict[str, str]) -> MapSource:
+    """The collection of a GetMap or GetFeatureInfo, once VERSION and SERVICE are checked."""
+    version = _required(params, "version")
+    if version != "1.3.0":
+        raise WmsError("InvalidParameterValue", f"VERSION={version} is not supported: this server speaks WMS 1.3.0", "version")
+    if params.get("service", "WMS") != "WMS":
+        raise WmsError("InvalidParameterValue", f"SERVICE={params['service']} is not served here: use SERVICE=WMS", "service")
+    source = await _source(request)
+    if not source.renderable:
+        raise _not_rendered(source)
+    return source
 
 
 def _map_request(params: dict[str, str], source: MapSource) -> scheduler_pb2.MapRequest:

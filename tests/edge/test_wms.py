@@ -259,7 +259,7 @@ EXCEPTIONS = [
     (map_query(time="yesterday"), 400, "InvalidDimensionValue"),
     (map_query(time="2020-01-05T00:00:00Z/2020-01-04T00:00:00Z"), 400, "InvalidDimensionValue"),
     (map_query(time="2019-06-01T00:00:00Z"), 400, "InvalidDimensionValue"),
-    (map_query(request="GetFeatureInfo"), 400, "OperationNotSupported"),
+    (map_query(request="GetLegendGraphic"), 400, "OperationNotSupported"),
 ]
 
 

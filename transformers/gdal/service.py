@@ -1,4 +1,4 @@
-"""The gdal transformer's gRPC service: rangeset work items (streamed files) and maps (Render).
+"""The gdal transformer's gRPC service: rangeset work items (streamed files), maps (Render) and map points (Sample).
 
 Streaming, threads and the server are transformers.serving's; this module turns requests into
 domain terms. A rendered map is small, so it is returned in one message instead of a file.
@@ -24,6 +24,7 @@ from transformers.gdal import encode
 from transformers.gdal.datasets import DatasetPool
 from transformers.gdal.grid import map_crs
 from transformers.gdal.render import MapGranule, Rendered, RenderSpec, render
+from transformers.gdal.sample import Sampled, SampleSpec, sample
 from transformers.gdal.subset import EXTENSIONS, SubsetRequest, output_format, subset
 from transformers.grids import grid_spec_of
 from transformers.serving import FileOutput, FileTransformer, TransformerServer, granule_href, serve_transformer
@@ -109,6 +110,36 @@ def render_spec(request: transformer_pb2.RenderRequest) -> RenderSpec:
     )
 
 
+def sample_spec(request: transformer_pb2.SampleRequest) -> SampleSpec:
+    """The SampleRequest in domain terms, checked like a map's grid; the pixel must lie on the map."""
+    for name, size in (("width", request.width), ("height", request.height)):
+        if not 1 <= size <= MAX_MAP_SIDE:
+            raise RequestValidationError(f"The map's {name} must be 1 to {MAX_MAP_SIDE} pixels, not {size}.")
+    if not (0 <= request.i < request.width and 0 <= request.j < request.height):
+        raise RequestValidationError(
+            f"The pixel ({request.i}, {request.j}) is not on the {request.width}x{request.height} map."
+        )
+    if not request.crs.strip():
+        raise RequestValidationError("The sample request names no CRS.")
+    map_crs(request.crs)
+    bounds = (request.min_x, request.min_y, request.max_x, request.max_y)
+    if not (all(math.isfinite(value) for value in bounds) and bounds[0] < bounds[2] and bounds[1] < bounds[3]):
+        raise RequestValidationError(
+            "The map's extent must be finite with min_x < max_x and min_y < max_y; got " + ",".join(map(str, bounds)) + "."
+        )
+    return SampleSpec(
+        granules=tuple(MapGranule(g.id, granule_href(g), optional_bbox(g)) for g in request.granules),
+        variables=tuple(request.variables),
+        crs=request.crs,
+        bounds=bounds,
+        width=request.width,
+        height=request.height,
+        i=request.i,
+        j=request.j,
+        feature_count=max(1, request.feature_count),
+    )
+
+
 def _background(bgcolor: str) -> tuple[int, int, int]:
     if not bgcolor.strip():
         return (255, 255, 255)
@@ -154,6 +185,21 @@ class GdalTransformer(FileTransformer):
             ),
             content=rendered.content,
         )
+
+    async def Sample(
+        self, request: transformer_pb2.SampleRequest, context: grpc.aio.ServicerContext
+    ) -> transformer_pb2.Samples:
+        spec = sample_spec(request)
+        sampled: Sampled = await asyncio.wrap_future(self.executor.submit(sample, spec, self._pool))
+        times = {g.id: g.temporal for g in request.granules if g.HasField("temporal")}
+        answer = transformer_pb2.Samples(lon=sampled.lon, lat=sampled.lat)
+        for granule in sampled.granules:
+            found = answer.granules.add(granule_id=granule.granule_id)
+            if granule.granule_id in times:
+                found.temporal.CopyFrom(times[granule.granule_id])
+            for value in granule.values:
+                found.values.add(variable=value.variable, value=value.value, data_type=value.data_type)
+        return answer
 
     async def close(self) -> None:
         """Let running work finish, then close every pooled dataset."""
