@@ -13,16 +13,7 @@ from pathlib import Path
 import transformers
 from rasterio.io import MemoryFile
 
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+from tests.loopback import up_ports
 
 
 def test_our_transformers_package_is_the_one_imported() -> None:
@@ -31,12 +22,10 @@ def test_our_transformers_package_is_the_one_imported() -> None:
 
 
 def test_up_serves_the_seed_request_and_stops_on_sigterm(demo_dir: Path) -> None:
-    edge, scheduler, catalog, transformer, metrics = free_ports(5)
-    command = [
-        sys.executable, "-m", "geomesh.cli", "up", "--port", str(edge), "--scheduler-port", str(scheduler),
-        "--catalog-port", str(catalog), "--transformer-port", str(transformer), "--metrics-port", str(metrics),
-        "--data-dir", str(demo_dir),
-    ]
+    ports = up_ports()
+    edge, metrics = ports["--port"], ports["--metrics-port"]
+    command = [sys.executable, "-m", "geomesh.cli", "up", "--data-dir", str(demo_dir)]
+    command += [str(part) for option, port in ports.items() for part in (option, port)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -55,6 +44,7 @@ def test_up_serves_the_seed_request_and_stops_on_sigterm(demo_dir: Path) -> None
             body = response.read()
         with MemoryFile(body).open() as dataset:
             assert dataset.descriptions == ("blue_var",)
+        # The catalog's metrics port comes first, then the gdal transformer's.
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics + 1}/metrics", timeout=10) as response:
             assert b'geomesh_grpc_server_handled_total{code="OK",method="Transform"' in response.read()
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,31 +31,13 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from edge.api import openapi
-from geomesh.settings import TRANSFORMER_FAMILIES
 from tests.conftest import GLOBAL_GRANULE, HARMONY_EXAMPLE
+from tests.loopback import up_ports
 
 UP_TIMEOUT_S = 90.0
 STOP_GRACE_S = 20.0
 EXAMPLES = 15  # per operation, valid and invalid cases together
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-
-
-def _free_port_block(count: int) -> int:
-    """The first of `count` consecutive free loopback ports: one block for every port `geomesh up` opens."""
-    for _ in range(100):
-        held: list[socket.socket] = []
-        try:
-            for offset in range(count):
-                sock = socket.socket()
-                held.append(sock)
-                sock.bind(("127.0.0.1", held[0].getsockname()[1] + offset if offset else 0))
-            return held[0].getsockname()[1]
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-    raise RuntimeError(f"found no {count} consecutive free ports")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -73,12 +54,8 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def edge_url(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`geomesh up` on the demo data until it says it is up; its jobs and outputs kept out of demo_dir."""
     work = tmp_path_factory.mktemp("schemathesis")
-    families = len(TRANSFORMER_FAMILIES)
-    edge = _free_port_block(3 + families + families + 2)  # edge, scheduler, catalog, transformers, metrics
-    ports = {
-        "--port": edge, "--scheduler-port": edge + 1, "--catalog-port": edge + 2,
-        "--transformer-port": edge + 3, "--metrics-port": edge + 3 + families,
-    }
+    ports = up_ports()
+    edge = ports["--port"]
     command = [sys.executable, "-m", "geomesh.cli", "up", "--host", "127.0.0.1", "--data-dir", str(demo_dir)]
     command += [str(part) for option, port in ports.items() for part in (option, port)]
     env = {
