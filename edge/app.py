@@ -9,7 +9,17 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge import auth
-from edge.api import capabilities, collections, coverages, downloads, jobs, landing, openapi, stac, wms
+from edge.api import (
+    capabilities,
+    collections,
+    coverages,
+    downloads,
+    jobs,
+    landing,
+    openapi,
+    stac,
+    wms,
+)
 from edge.clients import SETTINGS, grpc_clients
 from edge.errors import error_middleware
 from geomesh.metrics import HTTP_HANDLED, HTTP_SECONDS

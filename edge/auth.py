@@ -29,9 +29,6 @@ from edge.clients import SETTINGS
 from geomesh.errors import UnauthorizedError
 from geomesh.v1 import scheduler_pb2
 
-
-
-
 # The WWW-Authenticate value of a 401: the two schemes a client may use.
 CHALLENGE = 'Bearer realm="geomesh", Basic realm="geomesh"'
 
@@ -117,6 +114,12 @@ def caller(request: web.Request) -> Caller:
     if CALLER not in request:
         request[CALLER] = request.app[AUTHENTICATOR].authenticate(request.headers.get("Authorization"))
     return request[CALLER]
+
+
+def bearer_token(request: web.Request) -> str:
+    """The caller's bearer token, to be sent on to the data hosts configured for it; "" if none."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def install(app: web.Application) -> None:

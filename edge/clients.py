@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
-import grpc
 from aiohttp import web
 
-from geomesh.rpc import CHANNEL_OPTIONS
+from geomesh.balancer import BalancedStub
 from geomesh.settings import EdgeSettings
 from geomesh.v1 import catalog_pb2_grpc, scheduler_pb2_grpc
 
@@ -24,11 +24,15 @@ CLIENTS = web.AppKey("clients", Clients)
 
 
 async def grpc_clients(app: web.Application) -> AsyncIterator[None]:
-    """cleanup_ctx: open the channels when the app starts, close them when it stops."""
+    """cleanup_ctx: open the channels when the app starts, close them when it stops.
+
+    Each address setting may name several schedulers (or catalogs): calls go to them in turn and
+    skip one that is down, so the edge answers while any is up.
+    """
     settings = app[SETTINGS]
-    scheduler = grpc.aio.insecure_channel(settings.scheduler_address, options=CHANNEL_OPTIONS)
-    catalog = grpc.aio.insecure_channel(settings.catalog_address, options=CHANNEL_OPTIONS)
-    app[CLIENTS] = Clients(scheduler_pb2_grpc.SchedulerStub(scheduler), catalog_pb2_grpc.CatalogStub(catalog))
+    scheduler = BalancedStub(scheduler_pb2_grpc.SchedulerStub, settings.scheduler_address)
+    catalog = BalancedStub(catalog_pb2_grpc.CatalogStub, settings.catalog_address)
+    app[CLIENTS] = Clients(cast(scheduler_pb2_grpc.SchedulerStub, scheduler), cast(catalog_pb2_grpc.CatalogStub, catalog))
     yield
     await scheduler.close()
     await catalog.close()

@@ -10,7 +10,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from edge.auth import CHALLENGE
-from geomesh.errors import GeomeshError, NotFoundError, RequestValidationError, UnauthorizedError
+from geomesh.errors import (
+    GeomeshError,
+    NotFoundError,
+    RequestValidationError,
+    UnauthorizedError,
+)
 
 log = logging.getLogger(__name__)
 

@@ -67,13 +67,14 @@ def job_json(job: scheduler_pb2.Job, root: str, *, page: int = 1, limit: int | N
         "progress": job.progress,
         "createdAt": timestamp(job.created_at),
         "updatedAt": timestamp(job.updated_at),
-        "dataExpiration": timestamp(job.data_expiration),
         "links": links,
         "labels": list(job.labels),
         "request": job.request,
         "numInputGranules": job.num_input_granules,
         "jobID": job.job_id,
     }
+    if job.HasField("data_expiration"):  # none for outputs in the user's own bucket (destinationUrl)
+        out["dataExpiration"] = timestamp(job.data_expiration)
     if job.errors:
         out["errors"] = [{"url": error.url, "message": error.message} for error in job.errors]
     return out

@@ -23,7 +23,7 @@ PARAMETERS = {
     for name in (
         "subset", "granuleId", "granuleName", "format", "outputCrs", "interpolation", "scaleExtent",
         "scaleSize", "width", "height", "maxResults", "forceAsync", "ignoreErrors", "skipPreview",
-        "label", "variable", "subsettingCrs",
+        "label", "variable", "subsettingCrs", "destinationUrl",
     )
 }
 # gdalwarp's resampling names, as the gdal transformer knows them ("nearest" is near).
@@ -112,7 +112,22 @@ def build_request(params: RangesetParameters, collection: str, variable_path: st
     if ignore_errors is not None:
         request.ignore_errors = ignore_errors
     request.skip_preview = _boolean(params, "skipPreview") or False
+    request.destination_url = _destination_url(params)
     return request
+
+
+def _destination_url(params: RangesetParameters) -> str:
+    """Harmony's destinationUrl: one s3://bucket[/prefix] the job's outputs are written to."""
+    url = (params.single("destinationUrl") or "").strip()
+    if not url:
+        return ""
+    if not url.lower().startswith("s3://"):
+        raise RequestValidationError(f"Invalid destinationUrl '{url}', must start with s3://")
+    if ",s3://" in url.lower():
+        raise RequestValidationError(f"Invalid destinationUrl '{url}', only one S3 location is allowed.")
+    if not url[5:].split("/", 1)[0]:
+        raise RequestValidationError("Invalid destinationUrl, no S3 bucket is provided.")
+    return url
 
 
 def _variables(variable_path: str, params: RangesetParameters) -> list[str]:

@@ -53,8 +53,8 @@ def serve(service: str) -> None:
 
 
 async def _serve(service: str) -> None:
-    from geomesh.rpc import run_until_signalled
     from geomesh import settings
+    from geomesh.rpc import run_until_signalled
 
     if service == "edge":
         from edge.app import serve as serve_edge

@@ -61,6 +61,14 @@ class ConflictError(GeomeshError):
     ogc_code = "harmony.ConflictError"
 
 
+class GoneError(GeomeshError):
+    """Something that existed and is no more, e.g. a job's outputs past their data expiration."""
+
+    http_status = 410
+    grpc_status = grpc.StatusCode.NOT_FOUND
+    ogc_code = "harmony.NotFoundError"
+
+
 class PayloadTooLargeError(GeomeshError):
     http_status = 413
     grpc_status = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -81,6 +89,22 @@ class ServiceUnavailableError(GeomeshError):
     ogc_code = "harmony.ServiceUnavailableError"
 
 
+class BadGatewayError(GeomeshError):
+    """A data host (or store) answered with a server error or not at all: worth retrying later."""
+
+    http_status = 502
+    grpc_status = grpc.StatusCode.UNAVAILABLE
+    ogc_code = "harmony.ServerError"
+
+
+class GatewayTimeoutError(GeomeshError):
+    """A data host (or store) did not answer in time: worth retrying later."""
+
+    http_status = 504
+    grpc_status = grpc.StatusCode.DEADLINE_EXCEEDED
+    ogc_code = "harmony.ServerError"
+
+
 class TransformError(GeomeshError):
     """A transformer could not process a granule (bad or unreadable input data)."""
 
@@ -98,9 +122,12 @@ _KINDS: dict[str, type[GeomeshError]] = {
         ForbiddenError,
         NotFoundError,
         ConflictError,
+        GoneError,
         PayloadTooLargeError,
         UnsupportedOperationError,
         ServiceUnavailableError,
+        BadGatewayError,
+        GatewayTimeoutError,
         TransformError,
     )
 }

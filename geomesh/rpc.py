@@ -17,6 +17,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from geomesh import balancer
+from geomesh.balancer import MESSAGE_LIMIT
 from geomesh.errors import GeomeshError, from_rpc_error, grpc_trailers
 from geomesh.metrics import RPC_HANDLED, RPC_SECONDS
 
@@ -25,12 +27,9 @@ log = logging.getLogger(__name__)
 REQUEST_ID_KEY = "x-request-id"
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
-# Large enough for one shape upload or a generous output chunk; chunks themselves stay small.
-MESSAGE_LIMIT = 64 * 1024 * 1024
-CHANNEL_OPTIONS = [
+SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MESSAGE_LIMIT),
     ("grpc.max_receive_message_length", MESSAGE_LIMIT),
-    ("grpc.keepalive_time_ms", 30_000),
 ]
 
 
@@ -151,7 +150,7 @@ async def start_server(
     `register` adds the servicers; `service_names` are their full names for health and reflection.
     Port 0 picks a free port (tests); metrics_port None serves no /metrics (tests in one process).
     """
-    server = grpc.aio.server(interceptors=[_ServerInterceptor(name)], options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(interceptors=[_ServerInterceptor(name)], options=SERVER_OPTIONS)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -192,7 +191,8 @@ def rpc_errors() -> Iterator[None]:
 
 @asynccontextmanager
 async def open_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
-    channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    """A channel to one address (tests, tools); services use geomesh.balancer for their settings' addresses."""
+    channel = balancer.open_channel(balancer.targets(address)[0])
     try:
         yield channel
     finally:

@@ -6,10 +6,12 @@ Nothing is read at import time: `geomesh serve` builds them in main() and tests 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from geomesh.s3 import S3Settings
 
 DEFAULT_DATA_DIR = Path(".data")
 
@@ -49,6 +51,19 @@ class TransformerSettings(_Service):
     open_datasets: int = Field(default=64, ge=0)
     chunk_bytes: int = Field(default=256 * 1024, ge=4096)
     scratch_dir: Path | None = None
+    # Data hosts that receive the caller's bearer token with each read (names or patterns such as
+    # *.earthdata.nasa.gov; comma-separated); every other host gets none.
+    token_hosts: Annotated[list[str], NoDecode] = []
+    # Every read of a remote granule (https, s3) gives up after this long without an answer.
+    http_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Families that read local files (netcdf, swath) copy a remote granule first, up to this size.
+    max_download_bytes: int = Field(default=2 * 1024**3, ge=1)
+    s3: S3Settings = Field(default_factory=S3Settings)
+
+    @field_validator("token_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
     @field_validator("family")
     @classmethod
@@ -68,8 +83,17 @@ class SchedulerSettings(_Service):
     data_dir: Path = DEFAULT_DATA_DIR
     # None: SQLite in the data folder. PostgreSQL: postgresql+asyncpg://user@host/db
     database_url: str | None = None
-    # None: <data_dir>/staging. Job outputs are written here and served by /service-results.
-    staging_dir: Path | None = None
+    # Where job outputs are written and served from (/service-results): file:///<folder> or
+    # s3://<bucket>/<prefix> (every scheduler and edge on any host then serves every output).
+    # None: the folder <data_dir>/staging.
+    staging_url: str | None = None
+    # Object storage clients can reach: /service-results redirects (307) to a presigned URL valid
+    # this long. False streams outputs through the scheduler and edge instead.
+    staging_redirect: bool = True
+    presign_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # How often each scheduler looks for expired outputs to delete (one of them acts at a time).
+    reaper_interval_seconds: float = Field(default=3600.0, gt=0)
+    s3: S3Settings = Field(default_factory=S3Settings)
     # Work items this scheduler runs at once (the transformer pool also caps calls per replica).
     dispatch_slots: int = Field(default=8, ge=1)
     # A leased item whose scheduler stops renewing it is run again by another after this long.
@@ -85,8 +109,15 @@ class SchedulerSettings(_Service):
         return self.database_url or f"sqlite+aiosqlite:///{(self.data_dir / 'jobs.db').resolve()}"
 
     @property
-    def resolved_staging_dir(self) -> Path:
-        return (self.staging_dir or self.data_dir / "staging").resolve()
+    def resolved_staging_url(self) -> str:
+        return self.staging_url or (self.data_dir / "staging").resolve().as_uri()
+
+    @field_validator("staging_url")
+    @classmethod
+    def _staging_scheme(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("file:///", "s3://")):
+            raise ValueError(f"staging_url {url!r} must be file:///<folder> or s3://<bucket>/<prefix>")
+        return url
 
 
 class EdgeSettings(_Service):

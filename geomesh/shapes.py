@@ -162,7 +162,7 @@ def _describe(error: Exception) -> str:
 def _ogr_parts(content: bytes, kind: str) -> list[BaseGeometry]:
     """Every layer's geometries, reprojected to WGS84 from the layer's CRS (a shapefile's .prj)."""
     import pyogrio.raw  # GDAL loads on first use, not when the edge imports media_type_of
-    from pyogrio.errors import DataSourceError, DataLayerError
+    from pyogrio.errors import DataLayerError, DataSourceError
 
     if kind == SHAPEFILE_ZIP:
         _check_zip(content)

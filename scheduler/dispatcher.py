@@ -16,14 +16,19 @@ from contextlib import suppress
 from datetime import timedelta
 
 from geomesh.errors import GeomeshError, TransformError
-from geomesh.metrics import WORK_ITEM_SECONDS, WORK_ITEMS_FINISHED, WORK_ITEMS_IN_FLIGHT, WORK_ITEMS_QUEUED
+from geomesh.metrics import (
+    WORK_ITEM_SECONDS,
+    WORK_ITEMS_FINISHED,
+    WORK_ITEMS_IN_FLIGHT,
+    WORK_ITEMS_QUEUED,
+)
 from geomesh.model import BBox, TimeRange
-from geomesh.settings import SchedulerSettings
 from geomesh.rpc import REQUEST_ID_KEY, rpc_errors
+from geomesh.settings import SchedulerSettings
 from geomesh.v1 import catalog_pb2, catalog_pb2_grpc, request_pb2, types_pb2
 from scheduler.jobs.store import JobStore, Lease, NewLink, utcnow
 from scheduler.planner import work_item
-from scheduler.staging import LocalStaging
+from scheduler.staging import StagedKey, Stagings
 from scheduler.transformer_pool import TransformerPool
 
 log = logging.getLogger(__name__)
@@ -33,13 +38,13 @@ class Dispatcher:
     def __init__(
         self,
         store: JobStore,
-        staging: LocalStaging,
+        stagings: Stagings,
         pool: TransformerPool,
         catalog: catalog_pb2_grpc.CatalogStub,
         settings: SchedulerSettings,
     ) -> None:
         self.store = store
-        self.staging = staging
+        self.stagings = stagings
         self.pool = pool
         self.catalog = catalog
         # Transformer addresses per job, asked of the registry once per scheduler process.
@@ -165,15 +170,19 @@ class Dispatcher:
             if first.WhichOneof("item") != "header":
                 raise TransformError("the transformer sent data before the output's header")
             header = first.header
-            async with self.staging.writer(lease.job_id, lease.item_id, header.file_name) as out:
+            key = StagedKey.of(lease.job_id, lease.item_id, header.file_name)
+            staging = self.stagings.for_destination(request.destination_url)
+            async with staging.writer(key, header.media_type) as out:
                 async for chunk in chunks:
                     await out.write(chunk.data)
         finally:
             await chunks.aclose()
+        # Staged here: every edge serves it. In the user's bucket: its s3:// URL, as Harmony links it.
+        href = key.href if staging is self.stagings.default else (staging.s3_url(key) or key.href)
         temporal = TimeRange.from_proto(header.temporal) if header.HasField("temporal") else None
         bbox = BBox.from_proto(header.bbox) if header.HasField("bbox") else None
         return NewLink(
-            href=self.staging.href(lease.job_id, lease.item_id, header.file_name),
+            href=href,
             title=header.file_name,
             type=header.media_type,
             bbox=(bbox.west, bbox.south, bbox.east, bbox.north) if bbox else None,

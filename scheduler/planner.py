@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from geomesh.errors import RequestValidationError
 from geomesh.model import BBox, optional_bbox
 from geomesh.shapes import GEOJSON, parse_shape
-from geomesh.v1 import catalog_pb2, catalog_pb2_grpc, request_pb2, transformer_pb2, types_pb2
+from geomesh.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    request_pb2,
+    transformer_pb2,
+    types_pb2,
+)
 
 
 @dataclass
@@ -119,6 +125,7 @@ def work_item(
         dimensions=request.dimensions,
         shape=request.shape if request.HasField("shape") else None,
         output=request.output,
+        access_token=request.access_token,
     )
     item.output.format = match.output_format
     return item

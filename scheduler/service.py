@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 
+from geomesh.balancer import BalancedStub
 from geomesh.errors import RequestValidationError, UnsupportedOperationError
 from geomesh.model import BBox, TimeRange
 from geomesh.rpc import REQUEST_ID_KEY, RunningServer, rpc_errors, start_server
+from geomesh.s3 import S3Clients
 from geomesh.settings import SchedulerSettings
 from geomesh.v1 import (
     catalog_pb2_grpc,
@@ -35,7 +38,8 @@ from scheduler.maps import (
     proj_crs,
 )
 from scheduler.planner import Plan, Planner, limit_message, work_item
-from scheduler.staging import LocalStaging
+from scheduler.reaper import Reaper
+from scheduler.staging import StagedKey, Stagings, open_staging
 from scheduler.transformer_pool import TransformerPool
 
 DEFAULT_LINK_LIMIT = 2000
@@ -53,14 +57,14 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         planner: Planner,
         transformers: TransformerPool,
         store: JobStore,
-        staging: LocalStaging,
+        stagings: Stagings,
         dispatcher: Dispatcher,
         settings: SchedulerSettings,
     ) -> None:
         self.planner = planner
         self.transformers = transformers
         self.store = store
-        self.staging = staging
+        self.stagings = stagings
         self.dispatcher = dispatcher
         self.settings = settings
         self._map_plans = TtlCache(PLAN_TTL_SECONDS)
@@ -92,7 +96,13 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         """Harmony's rule: one granule, a service that allows sync, and no forceAsync."""
         request = plan.request
         count = min(hits, request.max_results) if request.HasField("max_results") else hits
-        return count == 1 and plan.match.service.maximum_sync_granules >= 1 and not request.force_async
+        # Outputs for the user's bucket (destinationUrl) are written there by a job, as Harmony does.
+        return (
+            count == 1
+            and plan.match.service.maximum_sync_granules >= 1
+            and not request.force_async
+            and not request.destination_url
+        )
 
     def _granule_limit(self, request: request_pb2.DataRequest) -> int:
         if request.HasField("max_results"):
@@ -102,6 +112,8 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
     async def _create_job(self, plan: Plan, hits: int, metadata: tuple) -> scheduler_pb2.Job:
         request = plan.request
         _require_user(request)
+        if request.destination_url:  # a bucket geomesh cannot write to fails now, not granule by granule
+            await self.stagings.for_destination(request.destination_url).check_writable()
         hits, granules = await self.planner.search(
             request, limit=self._granule_limit(request), metadata=metadata, area=plan.area
         )
@@ -117,6 +129,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 labels=list(request.labels),
                 custom_message=limit_message(hits, len(granules), max_results),
                 work=[(granule.id, granule.SerializeToString()) for granule in granules],
+                destination_url=request.destination_url or None,
             )
         )
         self.dispatcher.wake()
@@ -154,7 +167,20 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         with rpc_errors():
             page, limit = _paging(request.page, request.limit, DEFAULT_LINK_LIMIT)
             view = await self.store.get_job(_caller(request.caller), _job_id(request.job_id), page=page, limit=limit)
-            return job_message(view)
+            return job_message(view, self._s3_href if request.link_type.lower() == "s3" else None)
+
+    def _s3_href(self, href: str) -> str:
+        """Harmony's linktype=s3: a staged output as the s3:// URL of its object."""
+        key = StagedKey.from_href(href)
+        if key is None:
+            return href  # the granule's own link (direct download) or already s3:// (destinationUrl)
+        url = self.stagings.default.s3_url(key)
+        if url is None:
+            raise RequestValidationError(
+                'query parameter "linktype" value "s3" needs outputs staged on object storage, and this geomesh '
+                "stages them in a local folder (GEOMESH_SCHEDULER_STAGING_URL): use linktype=https"
+            )
+        return url
 
     async def ListJobs(
         self, request: scheduler_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
@@ -209,18 +235,22 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self, request: scheduler_pb2.FetchResultRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[scheduler_pb2.FetchResultResponse]:
         with rpc_errors():
-            job_id = _job_id(request.job_id)
-            item_id, _, file_name = request.path.partition("/")
-            link = await self.store.find_link(
-                _caller(request.caller), job_id, self.staging.href(job_id, int(item_id) if item_id.isdigit() else -1, file_name)
-            )
-            size = self.staging.size(job_id, request.path)
-            yield scheduler_pb2.FetchResultResponse(
-                header=scheduler_pb2.ResultHeader(file_name=file_name, media_type=link.type, size_bytes=size)
-            )
-            async for data in self.staging.read(job_id, request.path, request.offset):
+            key = StagedKey.parse(_job_id(request.job_id), request.path)
+            if request.offset < 0 or request.length < 0:
+                raise RequestValidationError("offset and length must not be negative")
+            _, link = await self.store.find_output(_caller(request.caller), key.job_id, key.href)
+            staging = self.stagings.default
+            header = scheduler_pb2.ResultHeader(file_name=key.file_name, media_type=link.type)
+            if request.allow_redirect and self.settings.staging_redirect:
+                url = await staging.presigned_url(key, self.settings.presign_seconds, link.type)
+                if url is not None:
+                    header.redirect_url = url
+                    yield scheduler_pb2.FetchResultResponse(header=header)
+                    return
+            header.size_bytes = await staging.size(key)
+            yield scheduler_pb2.FetchResultResponse(header=header)
+            async for data in staging.read(key, request.offset, request.length or None):
                 yield scheduler_pb2.FetchResultResponse(data=data)
-
 
     async def GetMap(self, request: scheduler_pb2.MapRequest, context: grpc.aio.ServicerContext) -> transformer_pb2.RenderedMap:
         metadata = ((REQUEST_ID_KEY, request.request_id),)
@@ -231,6 +261,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         render = transformer_pb2.RenderRequest()
         render.CopyFrom(request.render)
         render.request_id = request.request_id
+        render.access_token = request.access_token
         render.crs = proj_crs(render.crs)
         render.granules.extend(drawing_order(granules))
         del render.variables[:]
@@ -254,7 +285,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
             request_id=map_request.request_id, variables=plan.request.variables, crs=proj_crs(render.crs),
             min_x=render.min_x, min_y=render.min_y, max_x=render.max_x, max_y=render.max_y,
             width=render.width, height=render.height, i=request.i, j=request.j,
-            feature_count=max(1, request.feature_count),
+            feature_count=max(1, request.feature_count), access_token=map_request.access_token,
         )
         sample.granules.extend(reversed(drawing_order(granules)))
         return await self.transformers.sample(list(plan.match.service.addresses), sample)
@@ -343,12 +374,14 @@ def _granule_links(granule: types_pb2.Granule) -> list[NewLink]:
 async def serve(settings: SchedulerSettings) -> RunningServer:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await JobStore.open(settings.resolved_database_url)
-    staging = LocalStaging(settings.resolved_staging_dir)
-    channel = grpc.aio.insecure_channel(settings.catalog_address)
+    s3 = S3Clients(settings.s3)
+    stagings = Stagings(open_staging(settings.resolved_staging_url, s3), s3)
+    catalog_stub = BalancedStub(catalog_pb2_grpc.CatalogStub, settings.catalog_address)
+    catalog = cast(catalog_pb2_grpc.CatalogStub, catalog_stub)
     pool = TransformerPool(settings.transformer_concurrency)
-    catalog = catalog_pb2_grpc.CatalogStub(channel)
-    dispatcher = Dispatcher(store, staging, pool, catalog, settings)
-    service = SchedulerService(Planner(catalog), pool, store, staging, dispatcher, settings)
+    dispatcher = Dispatcher(store, stagings, pool, catalog, settings)
+    service = SchedulerService(Planner(catalog), pool, store, stagings, dispatcher, settings)
+    reaper = Reaper(store, stagings.default, dispatcher.owner, settings.reaper_interval_seconds)
     running = await start_server(
         "scheduler",
         lambda server: scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server),
@@ -358,5 +391,6 @@ async def serve(settings: SchedulerSettings) -> RunningServer:
         metrics_port=settings.metrics_port,
     )
     dispatcher.start()
-    running.on_stop.extend([dispatcher.close, pool.close, channel.close, store.close])
+    reaper.start()
+    running.on_stop.extend([reaper.close, dispatcher.close, pool.close, catalog_stub.close, store.close])
     return running

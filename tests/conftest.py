@@ -12,12 +12,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pytest
 import pytest_asyncio
 
 from catalog.demo.generate import generate_demo
-from geomesh.settings import TRANSFORMER_FAMILIES, CatalogSettings, EdgeSettings, SchedulerSettings, TransformerSettings
+from geomesh.settings import (
+    TRANSFORMER_FAMILIES,
+    CatalogSettings,
+    EdgeSettings,
+    SchedulerSettings,
+    TransformerSettings,
+)
 from tests.loopback import serve_app
 
 GLOBAL_GRANULE = "G1233800343-EEDTEST"
@@ -33,7 +40,7 @@ class Mesh:
     scheduler_address: str
     transformer_address: str  # the gdal transformer's
     data_dir: Path
-    staging_dir: Path
+    staging_dir: Path  # a file:// staging URL's folder (the default)
     transformer_addresses: dict[str, str]  # by family
 
     def coverages(self, collection: str = HARMONY_EXAMPLE) -> str:
@@ -71,7 +78,7 @@ async def running_mesh(
         async with serve_app(app) as url:
             yield Mesh(
                 url, catalog.address, running_scheduler.address, addresses["gdal"], data_dir,
-                scheduler_settings.resolved_staging_dir, addresses,
+                Path(unquote(urlparse(scheduler_settings.resolved_staging_url).path)), addresses,
             )
     finally:
         for server in (running_scheduler, catalog, *transformers.values()):

@@ -10,9 +10,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import transformers
 from rasterio.io import MemoryFile
 
+import transformers
 from tests.loopback import up_ports
 
 

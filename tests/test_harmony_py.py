@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pystac
-from pystac.stac_io import DefaultStacIO
 import pytest
 import rasterio
 from harmony import BBox, Client, Collection, Environment, Request
 from harmony.request import AddLabelsRequest, DeleteLabelsRequest, JobsRequest
+from pystac.stac_io import DefaultStacIO
 
 from tests.conftest import HARMONY_EXAMPLE, Mesh
 

@@ -10,7 +10,14 @@ import shapely
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 
 from geomesh.errors import PayloadTooLargeError, RequestValidationError
-from geomesh.shapes import GEOJSON, KML, MAX_VERTICES, SHAPEFILE_ZIP, media_type_of, parse_shape
+from geomesh.shapes import (
+    GEOJSON,
+    KML,
+    MAX_VERTICES,
+    SHAPEFILE_ZIP,
+    media_type_of,
+    parse_shape,
+)
 from tests.shape_files import geojson, kml, zipped_shapefile
 
 TRIANGLE = Polygon([(10, -10), (40, -10), (10, 20)])

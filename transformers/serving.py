@@ -17,12 +17,18 @@ from pathlib import Path
 
 import grpc
 
-from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
+from geomesh.errors import (
+    RequestValidationError,
+    TransformError,
+    UnsupportedOperationError,
+)
 from geomesh.metrics import OUTPUT_BYTES
 from geomesh.model import BBox, optional_bbox, optional_time
 from geomesh.rpc import RunningServer, start_server
+from geomesh.s3 import S3Clients
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import transformer_pb2, transformer_pb2_grpc
+from transformers.sources import DataAccess, Source
 
 SERVICE_NAME = "geomesh.v1.Transformer"
 
@@ -50,6 +56,22 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
         self.settings = settings
         self.executor = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix=self.family)
         self.output_bytes = OUTPUT_BYTES.labels(f"transformer-{self.family}")
+        self.access = DataAccess(
+            token_hosts=tuple(settings.token_hosts),
+            s3=S3Clients(settings.s3),
+            timeout_seconds=settings.http_timeout_seconds,
+            max_download_bytes=settings.max_download_bytes,
+        )
+
+    def source(self, granule: transformer_pb2.Granule, token: str) -> Source:
+        """The granule's data link, read with the caller's token where its host takes it."""
+        if not granule.id:
+            raise RequestValidationError("The work item names no granule.")
+        if not granule.links:
+            raise TransformError(f"Granule {granule.id} has no data link to read.")
+        source = Source(granule.id, granule.links[0].href, token)
+        self.access.check(source)
+        return source
 
     def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
         """Check the item (raising geomesh.errors for bad ones) and return the blocking work to run."""
@@ -107,15 +129,6 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
     async def close(self) -> None:
         """Let running work finish; subclasses also release what they keep open."""
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
-
-
-def granule_href(granule: transformer_pb2.Granule) -> str:
-    """The data link a work item's granule is read from."""
-    if not granule.id:
-        raise RequestValidationError("The work item names no granule.")
-    if not granule.links:
-        raise TransformError(f"Granule {granule.id} has no data link to read.")
-    return granule.links[0].href
 
 
 def chosen_format(media_type: str, family: str, formats: Sequence[str], aliases: Mapping[str, str] | None = None) -> str:

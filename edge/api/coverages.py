@@ -6,20 +6,24 @@ import json
 import logging
 import uuid
 
+import grpc
 from aiohttp import BodyPartReader, web
 
 from edge.api.common import COVERAGES, root_url
-from edge.auth import caller
+from edge.auth import bearer_token, caller
 from edge.clients import CLIENTS
 from edge.errors import malformed_body
 from edge.job_json import job_json
 from edge.rangeset import RangesetParameters, build_request
-from geomesh.errors import GeomeshError, PayloadTooLargeError, RequestValidationError, from_rpc_error
+from geomesh.errors import (
+    GeomeshError,
+    PayloadTooLargeError,
+    RequestValidationError,
+    from_rpc_error,
+)
 from geomesh.rpc import REQUEST_ID_KEY
 from geomesh.shapes import media_type_of
 from geomesh.v1 import request_pb2, scheduler_pb2, types_pb2
-
-import grpc
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,7 @@ async def _execute(request: web.Request, params: RangesetParameters, shape: type
     data_request = build_request(params, request.match_info["collectionId"], request.match_info["variable"])
     data_request.request_id = str(uuid.uuid4())
     data_request.user = caller(request).user
+    data_request.access_token = bearer_token(request)
     data_request.request_url = str(request.url)
     data_request.output.accepted_formats.extend(_accepted(request))
     if shape is not None:

@@ -72,12 +72,13 @@ async def job_statuses(request: web.Request) -> web.Response:
 
 @routes.get("/jobs/{jobID}")
 async def get_job(request: web.Request) -> web.Response:
-    _check_linktype(request)
+    link_type = requested_link_type(request)
     page, limit = _paging(request, DEFAULT_LINK_LIMIT)
     with rpc_errors():
         job = await request.app[CLIENTS].scheduler.GetJob(
             scheduler_pb2.GetJobRequest(
-                caller=caller(request).to_proto(), job_id=request.match_info["jobID"], page=page, limit=limit
+                caller=caller(request).to_proto(), job_id=request.match_info["jobID"], page=page, limit=limit,
+                link_type=link_type,
             )
         )
     return web.json_response(job_json(job, root_url(request), page=page, limit=limit))
@@ -86,7 +87,7 @@ async def get_job(request: web.Request) -> web.Response:
 @routes.route("GET", "/jobs/{jobID}/{action:cancel|pause|resume|skip-preview}")
 @routes.route("POST", "/jobs/{jobID}/{action:cancel|pause|resume|skip-preview}")
 async def control_job(request: web.Request) -> web.Response:
-    _check_linktype(request)
+    requested_link_type(request)
     job_id = request.match_info["jobID"]
     with rpc_errors():
         await request.app[CLIENTS].scheduler.ControlJob(
@@ -113,23 +114,32 @@ async def remove_labels(request: web.Request) -> web.Response:
 
 @routes.get("/service-results/{jobID}/{itemID}/{fileName}")
 async def service_result(request: web.Request) -> web.StreamResponse:
+    """A staged output: redirected to the object store when clients can reach it, else streamed."""
     job_id = request.match_info["jobID"]
     path = f"{request.match_info['itemID']}/{request.match_info['fileName']}"
     offset = requested_offset(request)
     call = request.app[CLIENTS].scheduler.FetchResult(
-        scheduler_pb2.FetchResultRequest(caller=caller(request).to_proto(), job_id=job_id, path=path, offset=offset)
+        scheduler_pb2.FetchResultRequest(
+            caller=caller(request).to_proto(), job_id=job_id, path=path, offset=offset, allow_redirect=True
+        )
     )
     messages = aiter(call)
-    with rpc_errors():
-        header = (await anext(messages)).header
-    return await relay_file(
-        request,
-        file_name=header.file_name,
-        media_type=header.media_type,
-        size=header.size_bytes,
-        offset=offset,
-        chunks=(message.data async for message in messages),
-    )
+    try:
+        with rpc_errors():
+            header = (await anext(messages)).header
+        if header.redirect_url:
+            # As Harmony: a temporary redirect to a presigned URL, for this user only.
+            return web.Response(status=307, headers={"Location": header.redirect_url, "Cache-Control": "private"})
+        return await relay_file(
+            request,
+            file_name=header.file_name,
+            media_type=header.media_type,
+            size=header.size_bytes,
+            offset=offset,
+            chunks=(message.data async for message in messages),
+        )
+    finally:
+        call.cancel()
 
 
 async def _update_labels(
@@ -193,9 +203,12 @@ def _paging(request: web.Request, default_limit: int) -> tuple[int, int]:
     )
 
 
-def _check_linktype(request: web.Request) -> None:
-    linktype = request.query.get("linktype", "https").lower()
-    if linktype not in ("http", "https"):
-        raise RequestValidationError(
-            f'query parameter "linktype" value "{linktype}" is not supported: results are served over http(s) only'
-        )
+LINK_TYPES = ("http", "https", "s3")
+
+
+def requested_link_type(request: web.Request) -> str:
+    """Harmony's linktype: http and https links (the default) or s3:// URLs of staged outputs."""
+    link_type = request.query.get("linktype", "https").lower()
+    if link_type not in LINK_TYPES:
+        raise RequestValidationError(f"Invalid linkType '{link_type}' must be http, https, or s3")
+    return link_type

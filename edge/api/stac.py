@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from edge.api.common import root_url
+from edge.api.jobs import requested_link_type
 from edge.auth import caller
 from edge.clients import CLIENTS
 from edge.job_json import COMPLETE, absolute, timestamp
@@ -86,10 +87,12 @@ def _times(link: scheduler_pb2.JobLink, job: scheduler_pb2.Job) -> dict[str, str
 
 
 async def _finished_job(request: web.Request) -> scheduler_pb2.Job:
+    link_type = requested_link_type(request)
     with rpc_errors():
         job = await request.app[CLIENTS].scheduler.GetJob(
             scheduler_pb2.GetJobRequest(
-                caller=caller(request).to_proto(), job_id=request.match_info["jobID"], limit=MAX_ITEMS
+                caller=caller(request).to_proto(), job_id=request.match_info["jobID"], limit=MAX_ITEMS,
+                link_type=link_type,
             )
         )
     if job.status not in COMPLETE:

@@ -18,11 +18,19 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from edge.api.common import root_url
-from edge.auth import CHALLENGE, caller
+from edge.auth import CHALLENGE, bearer_token, caller
 from edge.clients import CLIENTS
 from edge.wms_info import INFO_FORMATS, feature_info
 from edge.wms_xml import (
-    CRS_CODES, DEFAULT_STYLE, LAYER_LIMIT, MAP_FORMATS, MAX_SIZE, LayerTree, MapLayer, capabilities, exception_report,
+    CRS_CODES,
+    DEFAULT_STYLE,
+    LAYER_LIMIT,
+    MAP_FORMATS,
+    MAX_SIZE,
+    LayerTree,
+    MapLayer,
+    capabilities,
+    exception_report,
 )
 from geomesh.errors import GeomeshError, UnauthorizedError, UnsupportedOperationError
 from geomesh.model import TimeRange, parse_datetime
@@ -128,6 +136,7 @@ async def _get_map(request: web.Request, params: dict[str, str], user: str) -> w
     map_request = _map_request(params, source)
     map_request.request_id = str(uuid.uuid4())
     map_request.user = user
+    map_request.access_token = bearer_token(request)
     with rpc_errors():
         rendered = await request.app[CLIENTS].scheduler.GetMap(map_request, metadata=((REQUEST_ID_KEY, map_request.request_id),))
     return web.Response(
@@ -165,6 +174,7 @@ async def _get_feature_info(request: web.Request, params: dict[str, str], user: 
         raise WmsError("InvalidParameterValue", f"FEATURE_COUNT={count_text} must be a whole number of at least 1", "feature_count")
     map_request.request_id = str(uuid.uuid4())
     map_request.user = user
+    map_request.access_token = bearer_token(request)
     info_request = scheduler_pb2.FeatureInfoRequest(map=map_request, i=i, j=j, feature_count=min(count, MAX_FEATURE_COUNT))
     with rpc_errors():
         samples = await request.app[CLIENTS].scheduler.GetFeatureInfo(info_request, metadata=((REQUEST_ID_KEY, map_request.request_id),))

@@ -54,7 +54,11 @@ class JobRow(Base):
     progress: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
-    data_expiration: Mapped[datetime] = mapped_column(UtcDateTime)
+    # When staged outputs are deleted, and when the reaper did so. Outputs written to the user's
+    # own bucket (Harmony's destinationUrl, kept here) are theirs: never deleted.
+    data_expiration: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    outputs_deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    destination_url: Mapped[str | None] = mapped_column(Text)
     request_url: Mapped[str] = mapped_column(Text)
     num_input_granules: Mapped[int] = mapped_column(Integer)
     ignore_errors: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -98,6 +102,16 @@ class LinkRow(Base):
     bbox: Mapped[list[float] | None] = mapped_column(JSON)
     time_start: Mapped[datetime | None] = mapped_column(UtcDateTime)
     time_end: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class LeaseRow(Base):
+    """A named duty that one scheduler at a time performs (the reaper), held until expires_at."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class ErrorRow(Base):

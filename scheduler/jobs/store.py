@@ -21,11 +21,36 @@ from alembic.config import Config
 from sqlalchemy import Update, and_, delete, event, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
-from geomesh.errors import ConflictError, NotFoundError, RequestValidationError
-from scheduler.jobs.models import ErrorRow, JobRow, LabelRow, LinkRow, WorkItemRow
-from scheduler.jobs.states import ACTIVE, DEFAULT_MESSAGES, TERMINAL, JobStatus, check_move
+from geomesh.errors import (
+    ConflictError,
+    GoneError,
+    NotFoundError,
+    RequestValidationError,
+)
+from scheduler.jobs.models import (
+    Base,
+    ErrorRow,
+    JobRow,
+    LabelRow,
+    LeaseRow,
+    LinkRow,
+    WorkItemRow,
+)
+from scheduler.jobs.states import (
+    ACTIVE,
+    DEFAULT_MESSAGES,
+    TERMINAL,
+    JobStatus,
+    check_move,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 T = TypeVar("T")
@@ -66,6 +91,8 @@ class NewJob:
     work: Sequence[tuple[str, bytes]] = ()
     # ...or, for a direct-download job, the links that answer it at once.
     links: Sequence[NewLink] = ()
+    # Outputs go to the user's bucket (Harmony's destinationUrl) and are never deleted by geomesh.
+    destination_url: str | None = None
 
 
 @dataclass
@@ -147,6 +174,7 @@ class JobStore:
             created_at=now,
             updated_at=now,
             data_expiration=now + DATA_RETENTION,
+            destination_url=new.destination_url,
             request_url=new.request_url,
             num_input_granules=new.num_input_granules,
             ignore_errors=new.ignore_errors,
@@ -207,13 +235,20 @@ class JobStore:
         async with self._sessions() as session:
             return list((await session.scalars(query)).all())
 
-    async def find_link(self, caller: Caller, job_id: str, href: str) -> LinkRow:
+    async def find_output(self, caller: Caller, job_id: str, href: str) -> tuple[JobRow, LinkRow]:
+        """A job's output link, if the caller may see the job; GoneError once its outputs expired."""
         async with self._sessions() as session:
-            await self._visible_job(session, caller, job_id)
+            job = await self._visible_job(session, caller, job_id)
             link = await session.scalar(select(LinkRow).where(LinkRow.job_id == job_id, LinkRow.href == href))
             if link is None:
                 raise NotFoundError(f"Job {job_id} has no output {href}")
-            return link
+            if job.destination_url is None and (job.outputs_deleted_at is not None or job.data_expiration <= utcnow()):
+                raise GoneError(
+                    f"The requested resource could not be found: the outputs of job {job_id} expired on "
+                    f"{job.data_expiration.isoformat(timespec='seconds')} and were deleted. Submit the request again "
+                    "to get them."
+                )
+            return job, link
 
     # -- user actions -------------------------------------------------------------------------
 
@@ -327,7 +362,7 @@ class JobStore:
                 if ids:
                     # A crash between staging and commit re-runs an item: the same output, recorded once.
                     await session.execute(
-                        _insert_link(session).on_conflict_do_nothing(), [_link_values(job_id, links[i]) for i in sorted(ids)]
+                        _insert(session, LinkRow).on_conflict_do_nothing(), [_link_values(job_id, links[i]) for i in sorted(ids)]
                     )
                 if job is not None:
                     await _settle(session, job)
@@ -379,6 +414,50 @@ class JobStore:
             )
             return dict(rows.all())
 
+    # -- retention ------------------------------------------------------------------------------
+
+    @_whole
+    async def take_lease(self, name: str, owner: str, lease_for: timedelta) -> bool:
+        """Hold the duty `name` for `lease_for` if nobody else holds it now (or owner already does)."""
+        now = utcnow()
+        async with self._sessions.begin() as session:
+            held = await session.scalar(select(LeaseRow).where(LeaseRow.name == name).with_for_update())
+            if held is None:
+                await session.execute(
+                    _insert(session, LeaseRow).on_conflict_do_nothing(),
+                    [dict(name=name, owner=owner, expires_at=now + lease_for)],
+                )
+                held = await session.scalar(select(LeaseRow).where(LeaseRow.name == name).with_for_update())
+                return held is not None and held.owner == owner
+            if held.owner != owner and held.expires_at > now:
+                return False
+            held.owner, held.expires_at = owner, now + lease_for
+            return True
+
+    async def expired_jobs(self, limit: int) -> list[str]:
+        """Finished jobs whose staged outputs are past their expiration and not yet deleted, oldest first."""
+        async with self._sessions() as session:
+            return list(
+                (
+                    await session.scalars(
+                        select(JobRow.job_id)
+                        .where(
+                            JobRow.data_expiration <= utcnow(),
+                            JobRow.outputs_deleted_at.is_(None),
+                            JobRow.destination_url.is_(None),
+                            JobRow.status.in_([s.value for s in TERMINAL]),
+                        )
+                        .order_by(JobRow.data_expiration)
+                        .limit(limit)
+                    )
+                ).all()
+            )
+
+    @_whole
+    async def outputs_deleted(self, job_id: str) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(update(JobRow).where(JobRow.job_id == job_id).values(outputs_deleted_at=utcnow()))
+
     # -- helpers --------------------------------------------------------------------------------
 
     async def _visible_job(self, session: AsyncSession, caller: Caller, job_id: str, *, lock: bool = False) -> JobRow:
@@ -416,10 +495,10 @@ def _link_values(job_id: str, link: NewLink) -> dict[str, object]:
     )
 
 
-def _insert_link(session: AsyncSession):  # type: ignore[no-untyped-def]
+def _insert(session: AsyncSession, table: type[Base]):  # type: ignore[no-untyped-def]
     """INSERT with ON CONFLICT support, in the session's dialect."""
     dialect = session.bind.dialect.name
-    return (postgresql_insert if dialect == "postgresql" else sqlite_insert)(LinkRow)
+    return (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
 
 
 async def _cancel_open_items(session: AsyncSession, job_id: str) -> None:

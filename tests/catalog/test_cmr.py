@@ -16,7 +16,11 @@ from aiohttp import web
 from catalog.backend import GranuleQuery
 from catalog.cmr import CmrCatalog
 from catalog.models import GranuleRecord
-from geomesh.errors import NotFoundError, RequestValidationError, ServiceUnavailableError
+from geomesh.errors import (
+    NotFoundError,
+    RequestValidationError,
+    ServiceUnavailableError,
+)
 from geomesh.model import BBox, TimeRange
 from tests.cmr_replay import FIXTURES, fixtures_available, load_recordings, replay_cmr
 from tests.loopback import serve_app

@@ -18,8 +18,9 @@ from edge.app import create_app
 from geomesh.settings import CatalogSettings, EdgeSettings
 from tests.cmr_replay import FIXTURES, fixtures_available, replay_cmr
 from tests.conftest import ATL08, HARMONY_EXAMPLE, Mesh
-from tests.loopback import serve_app
 from tests.edge.test_openapi import _check
+from tests.loopback import serve_app
+
 
 def _gdal() -> dict[str, Any]:
     """harmony/gdal as the registry (catalog/services.yml) describes it, in Harmony's words."""

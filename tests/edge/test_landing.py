@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from owslib.ogcapi.coverages import Coverages
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import HARMONY_EXAMPLE, Mesh
 from tests.edge.test_coverages import get
-
-import json
 
 
 async def test_owslib_reads_landing_conformance_and_collections(mesh: Mesh) -> None:

@@ -61,7 +61,7 @@ def edge_url(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     env = {
         **os.environ,
         "GEOMESH_SCHEDULER_DATABASE_URL": f"sqlite+aiosqlite:///{work / 'jobs.db'}",
-        "GEOMESH_SCHEDULER_STAGING_DIR": str(work / "staging"),
+        "GEOMESH_SCHEDULER_STAGING_URL": (work / "staging").resolve().as_uri(),
         # Fuzzed rangesets without granuleId become jobs over all 177 granules; two each keeps the
         # job paths exercised without the dispatcher eating the 2-core machine.
         "GEOMESH_SCHEDULER_MAX_GRANULES": "2",

@@ -8,11 +8,12 @@ from datetime import timedelta
 
 import pytest
 import pytest_asyncio
-from sqlalchemy import text
+from sqlalchemy import text, update
 
-from geomesh.errors import ConflictError, NotFoundError
+from geomesh.errors import ConflictError, GoneError, NotFoundError
+from scheduler.jobs.models import JobRow
 from scheduler.jobs.states import JobStatus
-from scheduler.jobs.store import Caller, JobStore, NewJob, NewLink
+from scheduler.jobs.store import Caller, JobStore, NewJob, NewLink, utcnow
 
 ALICE, BOB, ADMIN = Caller("alice"), Caller("bob"), Caller("root", admin=True)
 LEASE = timedelta(seconds=30)
@@ -45,7 +46,7 @@ async def test_migrations_create_the_schema_once(store: JobStore, database_url: 
     async with again.engine.connect() as connection:
         revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
     await again.close()
-    assert revision == "0001"
+    assert revision == "0002"
 
 
 async def test_items_run_once_each_and_the_job_succeeds(store: JobStore) -> None:
@@ -156,3 +157,64 @@ def store_now():  # type: ignore[no-untyped-def]
     from scheduler.jobs.store import utcnow
 
     return utcnow()
+
+
+async def test_upgrading_from_the_first_revision_keeps_every_job(database_url: str) -> None:
+    """A store made by an older geomesh (revision 0001) gains retention without losing a row."""
+    from alembic import command
+    from alembic.config import Config
+
+    from scheduler.jobs.store import MIGRATIONS
+
+    store = await JobStore.open(database_url)
+    job_id = await new_job(store)
+    [lease, *_] = await store.lease("a", 1, LEASE)
+    await store.complete("a", lease.item_id, link(job_id, lease.item_id))
+
+    def downgrade(connection: object) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0001")
+
+    async with store.engine.begin() as connection:
+        await connection.run_sync(downgrade)
+    await store.close()
+    upgraded = await JobStore.open(database_url)
+    try:
+        view = await upgraded.get_job(ALICE, job_id)
+        assert (view.link_count, view.job.num_input_granules, view.job.destination_url) == (1, 3, None)
+        assert (await upgraded.item_counts(job_id))["successful"] == 1
+    finally:
+        await upgraded.close()
+
+
+async def test_one_scheduler_at_a_time_holds_a_lease_until_it_runs_out(store: JobStore) -> None:
+    assert await store.take_lease("reaper", "a", timedelta(seconds=30))
+    assert not await store.take_lease("reaper", "b", timedelta(seconds=30))
+    assert await store.take_lease("reaper", "a", timedelta(milliseconds=1))  # the holder renews (shortly)
+    await asyncio.sleep(0.01)  # the lease length itself is what is tested: it must run out
+    assert await store.take_lease("reaper", "b", timedelta(seconds=30))
+    assert not await store.take_lease("reaper", "a", timedelta(seconds=30))
+    results = await asyncio.gather(*(store.take_lease("other", f"s{i}", LEASE) for i in range(5)))
+    assert sorted(results) == [False] * 4 + [True]
+
+
+async def test_expired_outputs_are_gone_and_listed_once_for_the_reaper(store: JobStore) -> None:
+    job_id = await new_job(store, granules=1)
+    [lease] = await store.lease("a", 1, LEASE)
+    href = link(job_id, lease.item_id).href
+    await store.complete("a", lease.item_id, link(job_id, lease.item_id))
+    kept = await new_job(store, granules=1, destination_url="s3://mine/out")
+    running = await new_job(store, granules=1)
+    assert (await store.find_output(ALICE, job_id, href))[1].href == href
+    assert await store.expired_jobs(10) == []
+
+    async with store.engine.begin() as connection:  # thirty days later
+        await connection.execute(update(JobRow).values(data_expiration=utcnow() - timedelta(days=1)))
+    assert await store.expired_jobs(10) == [job_id]  # not the destinationUrl one, nor the one still running
+    with pytest.raises(GoneError, match=f"the outputs of job {job_id} expired"):
+        await store.find_output(ALICE, job_id, href)
+    await store.outputs_deleted(job_id)
+    assert await store.expired_jobs(10) == []
+    assert {kept, running} & set(await store.expired_jobs(10)) == set()

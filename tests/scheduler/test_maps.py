@@ -6,7 +6,13 @@ import pytest
 
 from geomesh.errors import RequestValidationError
 from geomesh.rpc import open_channel, rpc_errors
-from geomesh.v1 import request_pb2, scheduler_pb2, scheduler_pb2_grpc, transformer_pb2, types_pb2
+from geomesh.v1 import (
+    request_pb2,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    transformer_pb2,
+    types_pb2,
+)
 from scheduler.maps import MAX_MAP_GRANULES, covering, drawing_order, footprint
 from tests.conftest import HARMONY_EXAMPLE, Mesh
 

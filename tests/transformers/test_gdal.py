@@ -16,7 +16,11 @@ from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
 
-from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
+from geomesh.errors import (
+    RequestValidationError,
+    TransformError,
+    UnsupportedOperationError,
+)
 from geomesh.model import BBox, TimeRange
 from geomesh.rpc import open_channel, rpc_errors
 from geomesh.settings import TransformerSettings
@@ -24,7 +28,8 @@ from geomesh.v1 import request_pb2, transformer_pb2, transformer_pb2_grpc, types
 from transformers.gdal import service
 from transformers.gdal.datasets import DatasetPool
 from transformers.gdal.service import GdalTransformer, TransformerServer, serve
-from transformers.gdal.subset import _pixel_span, gdal_path, output_file_name
+from transformers.gdal.subset import _pixel_span, output_file_name
+from transformers.sources import DataAccess, Source
 
 CHUNK = 16 * 1024
 GRANULE_ID = "G1233800343-EEDTEST"
@@ -333,22 +338,23 @@ def test_pixel_span_rounds_to_half_pixels() -> None:
 
 
 def test_paths_and_names() -> None:
-    assert gdal_path("file:///data/a%20b.tif") == "/data/a b.tif"
-    assert gdal_path("https://host/x.tif") == "/vsicurl/https://host/x.tif"
-    assert gdal_path("s3://bucket/key/x.tif") == "/vsis3/bucket/key/x.tif"
-    assert gdal_path("/data/x.tif") == "/data/x.tif"
+    access = DataAccess()
+    assert access.gdal_path(Source("G1", "file:///data/a%20b.tif")) == "/data/a b.tif"
+    assert access.gdal_path(Source("G1", "https://host/x.tif")) == "/vsicurl/https://host/x.tif"
+    assert access.gdal_path(Source("G1", "s3://bucket/key/x.tif")) == "/vsis3/bucket/key/x.tif"
+    assert access.gdal_path(Source("G1", "/data/x.tif")) == "/data/x.tif"
     assert output_file_name("g.tif", ["/grp/blue var"], True, "image/png") == "g_grp_blue_var_subsetted.png"
     assert output_file_name("MOD.A2020.006", ["a", "b"], False, "image/tiff") == "MOD.A2020.006.tif"
 
 
 def test_dataset_pool_lends_each_handle_to_one_thread(global_tif: Path, utm_tif: Path) -> None:
     pool = DatasetPool(max_idle=2)
-    with pool.open(str(global_tif)) as first, pool.open(str(global_tif)) as second:
+    with pool.open(Source("G1", str(global_tif))) as first, pool.open(Source("G1", str(global_tif))) as second:
         assert first is not second
     assert pool.idle_count == 2
-    with pool.open(str(global_tif)) as again:
+    with pool.open(Source("G1", str(global_tif))) as again:
         assert again in (first, second)
-    with pool.open(str(utm_tif)):
+    with pool.open(Source("G2", str(utm_tif))):
         pass
     assert pool.idle_count == 2  # the least recently used global handle was closed
     assert first.closed != second.closed
@@ -358,7 +364,7 @@ def test_dataset_pool_lends_each_handle_to_one_thread(global_tif: Path, utm_tif:
 
     def work() -> None:
         for _ in range(20):
-            with pool.open(str(global_tif)) as dataset:
+            with pool.open(Source("G1", str(global_tif))) as dataset:
                 with lock:
                     assert id(dataset) not in seen
                     seen.append(id(dataset))

@@ -17,6 +17,7 @@ from rasterio.transform import from_origin
 from geomesh.errors import RequestValidationError
 from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool
+from transformers.sources import Source
 from transformers.gdal.subset import SubsetRequest, subset
 from transformers.serving import FileOutput
 
@@ -100,7 +101,7 @@ def pool() -> DatasetPool:
 
 def run(pool: DatasetPool, scratch: Path, path: Path, media_type: str, variables: tuple[str, ...] = (),
         bbox: BBox | None = None) -> FileOutput:
-    request = SubsetRequest("G1", path.name, path.as_uri(), media_type, variables, bbox)
+    request = SubsetRequest("G1", path.name, Source("G1", path.as_uri()), media_type, variables, bbox)
     return subset(request, pool, scratch)
 
 

@@ -16,8 +16,9 @@ from shapely.geometry import Polygon, box
 from geomesh.errors import RequestValidationError
 from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool
-from transformers.grids import GridSpec
+from transformers.sources import Source
 from transformers.gdal.subset import SubsetRequest, subset
+from transformers.grids import GridSpec
 
 RGBA = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
 # Bounds 10..40 E, -10..20 N; its hypotenuse runs from (40, -10) to (10, 20).
@@ -55,7 +56,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _subset(path: Path, tmp_path: Path, shape: object, **changes: object):
     options: dict = {"media_type": "image/tiff"} | changes
-    request = SubsetRequest(granule_id="G1", granule_name="granule.tif", href=str(path), shape=shape, **options)
+    request = SubsetRequest(granule_id="G1", granule_name="granule.tif", source=Source("G1", str(path)), shape=shape, **options)
     pool = DatasetPool(4)
     try:
         return subset(request, pool, tmp_path)

@@ -17,10 +17,15 @@ import zarr
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
-from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
+from geomesh.errors import (
+    RequestValidationError,
+    TransformError,
+    UnsupportedOperationError,
+)
 from geomesh.model import BBox, TimeRange
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import request_pb2, transformer_pb2, transformer_pb2_grpc, types_pb2
+from transformers.sources import DataAccess, Source
 from transformers.grids import GridSpec, grid_spec, output_grid, target_crs
 from transformers.netcdf.process import NetcdfRequest, process
 from transformers.netcdf.service import netcdf_request, serve
@@ -100,8 +105,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def run(path: Path, tmp_path: Path, media_type: str = NETCDF4, **fields: object):
-    request = NetcdfRequest(granule_id="G1-TEST", granule_name=path.name, path=path, media_type=media_type, **fields)
-    return process(request, tmp_path)
+    request = NetcdfRequest(
+        granule_id="G1-TEST", granule_name=path.name, source=Source("G1-TEST", path.as_uri()), media_type=media_type, **fields
+    )
+    return process(request, DataAccess(), tmp_path)
 
 
 def opened(output) -> xr.Dataset:
@@ -360,21 +367,21 @@ def _item(path: Path, media_type: str = "", **fields: object) -> transformer_pb2
 def test_work_items_in_domain_terms(files: dict[str, Path]) -> None:
     item = _item(files["up"], dimensions=[types_pb2.DimensionSubset(name="lev", max=850.0)])
     item.temporal.start.FromDatetime(datetime(2020, 1, 2, tzinfo=UTC))
-    request = netcdf_request(item)
-    assert request.media_type == NETCDF4 and request.path == files["up"]
+    request = _request(item)
+    assert request.media_type == NETCDF4 and request.source.local_path == files["up"]
     assert request.dimensions == (DimensionRange("lev", None, 850.0),)
     assert request.temporal == TimeRange(datetime(2020, 1, 2, tzinfo=UTC), None)
-    assert netcdf_request(_item(files["up"], "application/x-zarr; version=2")).media_type == ZARR
+    assert _request(_item(files["up"], "application/x-zarr; version=2")).media_type == ZARR
     with pytest.raises(UnsupportedOperationError, match="it writes these formats: application/x-netcdf4, image/tiff, application/x-zarr"):
-        netcdf_request(_item(files["up"], "image/png"))
+        _request(_item(files["up"], "image/png"))
     with pytest.raises(UnsupportedOperationError, match="shape subsets"):
-        netcdf_request(_item(files["up"], shape=types_pb2.Shape(content=b"{}", media_type="application/geo+json")))
-    remote = _item(files["up"])
-    remote.granule.links[0].href = "https://example.com/granule.nc"
-    with pytest.raises(TransformError, match="reads local files only"):
-        netcdf_request(remote)
+        _request(_item(files["up"], shape=types_pb2.Shape(content=b"{}", media_type="application/geo+json")))
     with pytest.raises(RequestValidationError, match="outputCrs"):
-        netcdf_request(_with_crs(_item(files["up"]), "not a CRS at all"))
+        _request(_with_crs(_item(files["up"]), "not a CRS at all"))
+
+
+def _request(item: transformer_pb2.WorkItem) -> NetcdfRequest:
+    return netcdf_request(item, Source(item.granule.id, item.granule.links[0].href))
 
 
 def _with_crs(item: transformer_pb2.WorkItem, crs: str) -> transformer_pb2.WorkItem:

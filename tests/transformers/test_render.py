@@ -15,7 +15,11 @@ from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.io import MemoryFile
 
-from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
+from geomesh.errors import (
+    RequestValidationError,
+    TransformError,
+    UnsupportedOperationError,
+)
 from geomesh.model import BBox
 from geomesh.rpc import open_channel, rpc_errors
 from geomesh.settings import TransformerSettings

@@ -19,8 +19,8 @@ from geomesh.model import BBox
 from geomesh.rpc import open_channel, rpc_errors
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import request_pb2, transformer_pb2, transformer_pb2_grpc, types_pb2
-from transformers.grids import INTERPOLATIONS, target_crs
 from transformers.gdal.service import TransformerServer, serve
+from transformers.grids import INTERPOLATIONS, target_crs
 
 PROJ4_6933 = "+proj=cea +lon_0=0 +lat_ts=30 +x_0=0 +y_0=0 +ellps=WGS84 +towgs84=0,0,0,0,0,0,0 +units=m +no_defs"
 EASE2 = pyproj.CRS.from_epsg(6933)

@@ -1,7 +1,9 @@
 """A thread-safe pool of open rasterio datasets, so GDAL's block cache makes repeated crops cheap.
 
 A rasterio dataset must not be used by two threads at once: each handle is lent to one thread
-at a time, and a path that is busy everywhere gets another handle of its own.
+at a time, and a path that is busy everywhere gets another handle of its own. A handle opened with
+a caller's token is lent only to that caller again. Remote links are read with their own
+credentials (transformers.sources), set for the calling thread only while the handle is lent.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import rasterio
+from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
+
+from transformers.sources import DataAccess, Source
 
 
 def _version(path: str) -> tuple[int, int] | None:
@@ -24,13 +29,14 @@ def _version(path: str) -> tuple[int, int] | None:
     return stat.st_mtime_ns, stat.st_size
 
 
-_Key = tuple[str, tuple[int, int] | None]
+_Key = tuple[str, tuple[int, int] | None, str]  # path, local file version, credentials identity
 
 
 class DatasetPool:
     """Idle handles per path, least recently used path evicted first above `max_idle` handles."""
 
-    def __init__(self, max_idle: int) -> None:
+    def __init__(self, max_idle: int, access: DataAccess | None = None) -> None:
+        self.access = access or DataAccess()
         self._max_idle = max_idle
         self._idle: OrderedDict[_Key, list[DatasetReader]] = OrderedDict()
         self._idle_count = 0
@@ -42,16 +48,25 @@ class DatasetPool:
         return self._idle_count
 
     @contextmanager
-    def open(self, path: str) -> Iterator[DatasetReader]:
-        """Lend an open dataset for `path` to the calling thread until the block exits."""
-        key = (path, _version(path))
-        dataset = self._take(key)
-        if dataset is None:
-            dataset = rasterio.open(path)
+    def open(self, source: Source) -> Iterator[DatasetReader]:
+        """Lend an open dataset of `source` to the calling thread until the block exits.
+
+        GDAL's failures, opening or reading in the block, become the geomesh error that says why
+        (a data host's refusal, a timeout, an unreadable file).
+        """
+        path = self.access.gdal_path(source)
         try:
-            yield dataset
-        finally:
-            self._give_back(key, dataset)
+            with rasterio.Env(**self.access.gdal_options(source)):
+                key = (path, _version(path), self.access.identity(source))
+                dataset = self._take(key)
+                if dataset is None:
+                    dataset = rasterio.open(path)
+                try:
+                    yield dataset
+                finally:
+                    self._give_back(key, dataset)
+        except (RasterioError, OSError) as error:
+            raise self.access.diagnose(source, error) from error
 
     def close(self) -> None:
         """Close every idle handle; handles in use are closed when they come back."""

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import rasterio
 from rasterio.enums import ColorInterp
-from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.transform import Affine
 from rasterio.windows import Window
@@ -25,7 +23,8 @@ from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool, _version
 from transformers.gdal.encode import EXTENSIONS, TRANSPARENT_FORMATS, Canvas, encode
 from transformers.gdal.grid import Coordinates, MapGrid, map_crs
-from transformers.gdal.subset import _band_indexes, gdal_path
+from transformers.gdal.subset import _band_indexes
+from transformers.sources import Source
 
 # Colour ramp for one variable: viridis (perceptually uniform, readable by colour-blind people),
 # from nine of its colours, low values first.
@@ -37,7 +36,7 @@ _RANGE_SAMPLE = 1024
 @dataclass(frozen=True, slots=True)
 class MapGranule:
     id: str
-    href: str
+    source: Source
     # WGS84 extent from the catalog, if known: granules off the map are skipped without opening them.
     bbox: BBox | None = None
 
@@ -76,13 +75,8 @@ def render(spec: RenderSpec, pool: DatasetPool) -> Rendered:
     for granule in spec.granules:
         if granule.bbox is not None and not _may_overlap(granule.bbox, footprint):
             continue
-        source = gdal_path(granule.href)
-        remote = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"} if source.startswith("/vsi") else {}
-        try:
-            with rasterio.Env(**remote), pool.open(source) as src:
-                _paint(canvas, src, granule.id, spec.variables, grid)
-        except (RasterioError, OSError) as error:
-            raise TransformError(f"Cannot draw granule {granule.id} ({granule.href}): {error}") from error
+        with pool.open(granule.source) as src:
+            _paint(canvas, src, granule.id, spec.variables, grid)
     content = encode(canvas, spec.media_type, grid.crs, grid.transform)
     return Rendered(content, spec.media_type, "map" + EXTENSIONS[spec.media_type], footprint)
 

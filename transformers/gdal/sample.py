@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import rasterio
-from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
@@ -20,7 +18,6 @@ from geomesh.errors import TransformError
 from transformers.gdal.datasets import DatasetPool
 from transformers.gdal.grid import _transformer, map_crs
 from transformers.gdal.render import MapGranule, _bands
-from transformers.gdal.subset import gdal_path
 
 _WGS84 = "EPSG:4326"
 
@@ -74,13 +71,8 @@ def sample(spec: SampleSpec, pool: DatasetPool) -> Sampled:
     for granule in spec.granules:
         if len(found) >= spec.feature_count:
             break
-        source = gdal_path(granule.href)
-        remote = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"} if source.startswith("/vsi") else {}
-        try:
-            with rasterio.Env(**remote), pool.open(source) as src:
-                values = _read_point(src, granule.id, spec.variables, wkt, x, y)
-        except (RasterioError, OSError) as error:
-            raise TransformError(f"Cannot read granule {granule.id} ({granule.href}): {error}") from error
+        with pool.open(granule.source) as src:
+            values = _read_point(src, granule.id, spec.variables, wkt, x, y)
         if values is not None:
             found.append(GranuleValues(granule.id, values))
     return Sampled(lon, lat, tuple(found))

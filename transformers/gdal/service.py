@@ -14,9 +14,13 @@ from collections.abc import Callable
 
 import grpc
 
-from geomesh.errors import PayloadTooLargeError, RequestValidationError, UnsupportedOperationError
+from geomesh.balancer import MESSAGE_LIMIT
+from geomesh.errors import (
+    PayloadTooLargeError,
+    RequestValidationError,
+    UnsupportedOperationError,
+)
 from geomesh.model import optional_bbox
-from geomesh.rpc import MESSAGE_LIMIT
 from geomesh.settings import TransformerSettings
 from geomesh.shapes import parse_shape
 from geomesh.v1 import transformer_pb2
@@ -27,7 +31,13 @@ from transformers.gdal.render import MapGranule, Rendered, RenderSpec, render
 from transformers.gdal.sample import Sampled, SampleSpec, sample
 from transformers.gdal.subset import EXTENSIONS, SubsetRequest, output_format, subset
 from transformers.grids import grid_spec_of
-from transformers.serving import FileOutput, FileTransformer, TransformerServer, granule_href, serve_transformer
+from transformers.serving import (
+    FileOutput,
+    FileTransformer,
+    TransformerServer,
+    serve_transformer,
+)
+from transformers.sources import Source
 
 # A rendered map travels in one message: leave room under the gRPC message limit.
 MAP_BYTES_LIMIT = MESSAGE_LIMIT - 64 * 1024
@@ -37,14 +47,14 @@ MAX_MAP_SIDE = 4096
 _BGCOLOR = re.compile(r"(?:0x|#)?([0-9a-f]{6})", re.IGNORECASE)
 
 
-def subset_request(item: transformer_pb2.WorkItem) -> SubsetRequest:
+def subset_request(item: transformer_pb2.WorkItem, source: Source) -> SubsetRequest:
     """The WorkItem in domain terms; operations this transformer cannot do yet are refused here."""
     _refuse_unsupported(item)
     granule = item.granule
     return SubsetRequest(
         granule_id=granule.id,
         granule_name=granule.name or granule.id,
-        href=granule_href(granule),
+        source=source,
         media_type=output_format(item.output.format),
         variables=tuple(item.variables),
         bbox=optional_bbox(item),
@@ -67,7 +77,7 @@ def _refuse_unsupported(item: transformer_pb2.WorkItem) -> None:
         )
 
 
-def render_spec(request: transformer_pb2.RenderRequest) -> RenderSpec:
+def render_spec(request: transformer_pb2.RenderRequest, sources: Callable[[transformer_pb2.Granule], Source]) -> RenderSpec:
     """The RenderRequest in domain terms, checked: what needs the files (variable names) is checked later."""
     for name, size in (("width", request.width), ("height", request.height)):
         if not 1 <= size <= MAX_MAP_SIDE:
@@ -96,7 +106,7 @@ def render_spec(request: transformer_pb2.RenderRequest) -> RenderSpec:
         )
     granules = []
     for granule in request.granules:
-        granules.append(MapGranule(granule.id, granule_href(granule), optional_bbox(granule)))
+        granules.append(MapGranule(granule.id, sources(granule), optional_bbox(granule)))
     return RenderSpec(
         granules=tuple(granules),
         variables=tuple(request.variables),
@@ -110,7 +120,7 @@ def render_spec(request: transformer_pb2.RenderRequest) -> RenderSpec:
     )
 
 
-def sample_spec(request: transformer_pb2.SampleRequest) -> SampleSpec:
+def sample_spec(request: transformer_pb2.SampleRequest, sources: Callable[[transformer_pb2.Granule], Source]) -> SampleSpec:
     """The SampleRequest in domain terms, checked like a map's grid; the pixel must lie on the map."""
     for name, size in (("width", request.width), ("height", request.height)):
         if not 1 <= size <= MAX_MAP_SIDE:
@@ -128,7 +138,7 @@ def sample_spec(request: transformer_pb2.SampleRequest) -> SampleSpec:
             "The map's extent must be finite with min_x < max_x and min_y < max_y; got " + ",".join(map(str, bounds)) + "."
         )
     return SampleSpec(
-        granules=tuple(MapGranule(g.id, granule_href(g), optional_bbox(g)) for g in request.granules),
+        granules=tuple(MapGranule(g.id, sources(g), optional_bbox(g)) for g in request.granules),
         variables=tuple(request.variables),
         crs=request.crs,
         bounds=bounds,
@@ -159,16 +169,16 @@ class GdalTransformer(FileTransformer):
 
     def __init__(self, settings: TransformerSettings) -> None:
         super().__init__(settings)
-        self._pool = DatasetPool(settings.open_datasets)
+        self._pool = DatasetPool(settings.open_datasets, self.access)
 
     def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
-        work = subset_request(item)
+        work = subset_request(item, self.source(item.granule, item.access_token))
         return functools.partial(subset, work, self._pool, self.settings.scratch_dir)
 
     async def Render(
         self, request: transformer_pb2.RenderRequest, context: grpc.aio.ServicerContext
     ) -> transformer_pb2.RenderedMap:
-        spec = render_spec(request)
+        spec = render_spec(request, lambda granule: self.source(granule, request.access_token))
         # Cancelling the wait (the caller left) also cancels a render that has not started.
         rendered: Rendered = await asyncio.wrap_future(self.executor.submit(render, spec, self._pool))
         if len(rendered.content) > MAP_BYTES_LIMIT:
@@ -189,7 +199,7 @@ class GdalTransformer(FileTransformer):
     async def Sample(
         self, request: transformer_pb2.SampleRequest, context: grpc.aio.ServicerContext
     ) -> transformer_pb2.Samples:
-        spec = sample_spec(request)
+        spec = sample_spec(request, lambda granule: self.source(granule, request.access_token))
         sampled: Sampled = await asyncio.wrap_future(self.executor.submit(sample, spec, self._pool))
         times = {g.id: g.temporal for g in request.granules if g.HasField("temporal")}
         answer = transformer_pb2.Samples(lon=sampled.lon, lat=sampled.lat)

@@ -14,28 +14,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pyproj
 import rasterio
 from rasterio.crs import CRS
-from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
-
 from shapely.geometry.base import BaseGeometry
 
-from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
+from geomesh.errors import RequestValidationError, UnsupportedOperationError
 from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool
-from transformers.gdal.formats import EXTENSIONS, NAMES, TIFF, WRITERS, Writer, has_mask_band
+from transformers.gdal.formats import (
+    EXTENSIONS,
+    NAMES,
+    TIFF,
+    WRITERS,
+    Writer,
+    has_mask_band,
+)
 from transformers.gdal.masking import crop_area, masked_crop
 from transformers.gdal.reproject import warped
 from transformers.grids import Grid, GridSpec, output_grid, target_crs
 from transformers.serving import FileOutput, chosen_format
+from transformers.sources import Source
 
 WGS84 = CRS.from_epsg(4326)
 
@@ -49,7 +54,7 @@ class SubsetRequest:
 
     granule_id: str
     granule_name: str
-    href: str
+    source: Source
     media_type: str
     variables: tuple[str, ...] = ()
     bbox: BBox | None = None
@@ -62,18 +67,6 @@ class SubsetRequest:
 def output_format(media_type: str) -> str:
     """The supported media type asked for (parameters and case ignored), or UnsupportedOperationError."""
     return chosen_format(media_type, "gdal", list(EXTENSIONS))
-
-
-def gdal_path(href: str) -> str:
-    """A data link as GDAL opens it: file:// and plain paths locally, http(s) and s3 through /vsi."""
-    url = urlparse(href)
-    if url.scheme == "file":
-        return unquote(url.path)
-    if url.scheme in ("http", "https"):
-        return f"/vsicurl/{href}"
-    if url.scheme == "s3":
-        return f"/vsis3/{url.netloc}{url.path}"
-    return href
 
 
 def output_file_name(
@@ -97,27 +90,22 @@ def output_file_name(
 def subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None = None) -> FileOutput:
     """Read only the requested bands and window of a granule and write them in the requested format."""
     media_type = output_format(request.media_type)
-    source = gdal_path(request.href)
-    remote = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"} if source.startswith("/vsi") else {}
-    try:
-        with rasterio.Env(**remote), pool.open(source) as src:
-            bands = _band_indexes(src, request.variables, request.granule_id)
-            if media_type != TIFF and len(bands) > 4:
-                raise RequestValidationError(
-                    f"{NAMES[media_type]} holds at most 4 variables (gray, gray+alpha, RGB or RGBA) but "
-                    f"{len(bands)} were selected: ask for fewer variables or for image/tiff."
-                )
-            if request.shape is None:
-                window = _window(src, request.bbox, request.granule_id)
-                bbox, path, grid = _output(src, bands, window, request, scratch_dir)
-            else:
-                area = crop_area(request.shape, request.bbox)
-                window = _window(src, area, request.granule_id, subject="shape")
-                with masked_crop(src, bands, window, request.shape, area, request.granule_id, scratch_dir) as cropped:
-                    whole = Window(0, 0, cropped.width, cropped.height)
-                    bbox, path, grid = _output(cropped, list(cropped.indexes), whole, request, scratch_dir)
-    except (RasterioError, OSError) as error:
-        raise TransformError(f"Cannot process granule {request.granule_id} ({request.href}): {error}") from error
+    with pool.open(request.source) as src:
+        bands = _band_indexes(src, request.variables, request.granule_id)
+        if media_type != TIFF and len(bands) > 4:
+            raise RequestValidationError(
+                f"{NAMES[media_type]} holds at most 4 variables (gray, gray+alpha, RGB or RGBA) but "
+                f"{len(bands)} were selected: ask for fewer variables or for image/tiff."
+            )
+        if request.shape is None:
+            window = _window(src, request.bbox, request.granule_id)
+            bbox, path, grid = _output(src, bands, window, request, scratch_dir)
+        else:
+            area = crop_area(request.shape, request.bbox)
+            window = _window(src, area, request.granule_id, subject="shape")
+            with masked_crop(src, bands, window, request.shape, area, request.granule_id, scratch_dir) as cropped:
+                whole = Window(0, 0, cropped.width, cropped.height)
+                bbox, path, grid = _output(cropped, list(cropped.indexes), whole, request, scratch_dir)
     return FileOutput(
         path=path,
         media_type=media_type,

@@ -13,15 +13,25 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import xarray as xr
 
 from geomesh.errors import GeomeshError, TransformError, UnsupportedOperationError
 from geomesh.model import BBox, TimeRange
 from transformers.grids import GridSpec
-from transformers.netcdf.grids import Axes, cell_sizes, find_axes, source_crs, wgs84_extent
-from transformers.netcdf.regrid import grid_extent, regrid, target_grid, with_grid_mapping
+from transformers.netcdf.grids import (
+    Axes,
+    cell_sizes,
+    find_axes,
+    source_crs,
+    wgs84_extent,
+)
+from transformers.netcdf.regrid import (
+    grid_extent,
+    regrid,
+    target_grid,
+    with_grid_mapping,
+)
 from transformers.netcdf.subset import (
     DimensionRange,
     apply_ranges,
@@ -41,7 +51,7 @@ from transformers.netcdf.writers import (
     write_zarr_zip,
 )
 from transformers.serving import FileOutput
-
+from transformers.sources import DataAccess, Source
 
 # netCDF-C and its HDF5 are not thread-safe, and xarray locks only their data reads and writes,
 # not opening a file or reading its metadata: every netCDF4 call of this family goes through this
@@ -55,23 +65,13 @@ class NetcdfRequest:
 
     granule_id: str
     granule_name: str
-    path: Path
+    source: Source
     media_type: str
     variables: tuple[str, ...] = ()
     bbox: BBox | None = None
     temporal: TimeRange | None = None
     dimensions: tuple[DimensionRange, ...] = field(default_factory=tuple)
     grid: GridSpec = GridSpec()
-
-
-def local_path(href: str) -> Path | None:
-    """A data link as a local file path (file:// or a plain path); None for remote links."""
-    url = urlparse(href)
-    if url.scheme == "file":
-        return Path(unquote(url.path))
-    if url.scheme == "":
-        return Path(href)
-    return None
 
 
 def open_granule(path: Path) -> xr.Dataset:
@@ -81,11 +81,12 @@ def open_granule(path: Path) -> xr.Dataset:
     )
 
 
-def process(request: NetcdfRequest, scratch_dir: Path | None = None) -> FileOutput:
+def process(request: NetcdfRequest, access: DataAccess, scratch_dir: Path | None = None) -> FileOutput:
     """Subset, regrid and write one granule; the output is a fresh scratch file the caller deletes."""
     try:
-        with NETCDF_LIBRARY:
-            with open_granule(request.path) as source:
+        # A remote granule is copied first, outside the library lock: downloads run in parallel.
+        with access.local_file(request.source, scratch_dir) as granule_path, NETCDF_LIBRARY:
+            with open_granule(granule_path) as source:
                 selection = _select(source, request)
                 sizes = cell_sizes(source, selection.axes)
                 ds = selection.dataset.load()  # the selected window only; the file is closed after this
@@ -107,7 +108,7 @@ def process(request: NetcdfRequest, scratch_dir: Path | None = None) -> FileOutp
     except GeomeshError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise TransformError(f"Cannot process granule {request.granule_id} ({request.path.name}): {error}") from error
+        raise TransformError(f"Cannot process granule {request.granule_id} ({request.source.href}): {error}") from error
     return FileOutput(
         path=path,
         media_type=request.media_type,

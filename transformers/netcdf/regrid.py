@@ -11,8 +11,8 @@ import numpy as np
 import pyproj
 import xarray as xr
 from rasterio.crs import CRS
-from rasterio.warp import transform_bounds
 from rasterio.transform import array_bounds
+from rasterio.warp import transform_bounds
 
 from geomesh.model import BBox
 from transformers.grids import Grid, GridSpec, output_grid, target_crs

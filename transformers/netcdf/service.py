@@ -9,13 +9,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-
-from geomesh.errors import RequestValidationError, TransformError, UnsupportedOperationError
+from geomesh.errors import (
+    RequestValidationError,
+    UnsupportedOperationError,
+)
 from geomesh.model import optional_bbox, optional_time
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import transformer_pb2
 from transformers.grids import grid_spec_of
-from transformers.netcdf.process import NetcdfRequest, local_path, process
+from transformers.netcdf.process import NetcdfRequest, process
 from transformers.netcdf.subset import DimensionRange
 from transformers.netcdf.writers import EXTENSIONS, NETCDF4
 from transformers.serving import (
@@ -23,9 +25,9 @@ from transformers.serving import (
     FileTransformer,
     TransformerServer,
     chosen_format,
-    granule_href,
     serve_transformer,
 )
+from transformers.sources import Source
 
 OPERATIONS = ("variable_subset", "bbox_subset", "temporal_subset", "dimension_subset", "reprojection", "reformat")
 
@@ -36,7 +38,7 @@ def output_format(media_type: str) -> str:
     return chosen_format(media_type, "netcdf", list(EXTENSIONS), {"application/netcdf": NETCDF4})
 
 
-def netcdf_request(item: transformer_pb2.WorkItem) -> NetcdfRequest:
+def netcdf_request(item: transformer_pb2.WorkItem, source: Source) -> NetcdfRequest:
     """The WorkItem in domain terms; what this transformer cannot do is refused here."""
     if item.HasField("shape") and (item.shape.content or item.shape.file_name):
         raise UnsupportedOperationError(
@@ -44,13 +46,6 @@ def netcdf_request(item: transformer_pb2.WorkItem) -> NetcdfRequest:
             "dimension subsets, reprojection and regridding."
         )
     granule = item.granule
-    href = granule_href(granule)
-    path = local_path(href)
-    if path is None:
-        raise TransformError(
-            f"Granule {granule.id}'s data link {href} is not a local file, and the netcdf "
-            "transformer reads local files only."
-        )
     names = [d.name for d in item.dimensions]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
@@ -58,7 +53,7 @@ def netcdf_request(item: transformer_pb2.WorkItem) -> NetcdfRequest:
     return NetcdfRequest(
         granule_id=granule.id,
         granule_name=granule.name or granule.id,
-        path=path,
+        source=source,
         media_type=output_format(item.output.format),
         variables=tuple(item.variables),
         bbox=optional_bbox(item),
@@ -81,7 +76,8 @@ class NetcdfTransformer(FileTransformer):
     output_formats = tuple(EXTENSIONS)
 
     def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
-        return functools.partial(process, netcdf_request(item), self.settings.scratch_dir)
+        request = netcdf_request(item, self.source(item.granule, item.access_token))
+        return functools.partial(process, request, self.access, self.settings.scratch_dir)
 
 
 async def serve(settings: TransformerSettings) -> TransformerServer:

@@ -13,9 +13,10 @@ from rasterio.errors import RasterioError
 from geomesh.errors import TransformError
 from transformers.grids import GridSpec
 from transformers.serving import FileOutput
+from transformers.sources import DataAccess, Source
 from transformers.swath.cf_output import write_netcdf
 from transformers.swath.regrid import regrid, swath_grid
-from transformers.swath.source import local_path, read_swath
+from transformers.swath.source import read_swath
 from transformers.swath.tiff_output import write_cog
 
 NETCDF = "application/x-netcdf4"
@@ -32,14 +33,15 @@ class RegridRequest:
 
     granule_id: str
     granule_name: str
-    href: str
+    source: Source
     media_type: str
     grid: GridSpec = GridSpec()
 
 
-def regrid_granule(request: RegridRequest, scratch_dir: Path | None = None) -> FileOutput:
+def regrid_granule(request: RegridRequest, access: DataAccess, scratch_dir: Path | None = None) -> FileOutput:
     """Regrid the granule's swath as asked and write it; the caller streams and deletes the file."""
-    swath = read_swath(local_path(request.href), request.granule_id)
+    with access.local_file(request.source, scratch_dir) as granule_path:
+        swath = read_swath(granule_path, request.granule_id)
     grid = swath_grid(swath, request.grid)
     descriptor, name = tempfile.mkstemp(prefix="geomesh-swath-", suffix=EXTENSIONS[request.media_type], dir=scratch_dir)
     os.close(descriptor)

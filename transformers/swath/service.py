@@ -18,22 +18,22 @@ from transformers.serving import (
     FileTransformer,
     TransformerServer,
     chosen_format,
-    granule_href,
     serve_transformer,
 )
+from transformers.sources import Source
 from transformers.swath.process import EXTENSIONS, RegridRequest, regrid_granule
 
 OPERATIONS = ("reprojection",)
 
 
-def regrid_request(item: transformer_pb2.WorkItem) -> RegridRequest:
+def regrid_request(item: transformer_pb2.WorkItem, source: Source) -> RegridRequest:
     """The WorkItem in domain terms; what a swath projector does not do is refused here."""
     _refuse_unsupported(item)
     granule = item.granule
     return RegridRequest(
         granule_id=granule.id,
         granule_name=granule.name or granule.id,
-        href=granule_href(granule),
+        source=source,
         media_type=output_format(item.output.format),
         grid=grid_spec_of(item.output),
     )
@@ -69,7 +69,8 @@ class SwathTransformer(FileTransformer):
     output_formats = tuple(EXTENSIONS)
 
     def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
-        return functools.partial(regrid_granule, regrid_request(item), self.settings.scratch_dir)
+        request = regrid_request(item, self.source(item.granule, item.access_token))
+        return functools.partial(regrid_granule, request, self.access, self.settings.scratch_dir)
 
 
 async def serve(settings: TransformerSettings) -> TransformerServer:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import h5py
 import numpy as np
@@ -48,16 +47,6 @@ class Swath:
     variables: list[SwathVariable]
     time: SwathVariable | None = None
     attrs: Mapping[str, object] = field(default_factory=dict)
-
-
-def local_path(href: str) -> Path:
-    """The file a data link names; the swath transformer reads local files only (file:// or a path)."""
-    url = urlparse(href)
-    if url.scheme == "file":
-        return Path(unquote(url.path))
-    if url.scheme == "":
-        return Path(href)
-    raise TransformError(f"The swath transformer reads local files only, not {href}")
 
 
 def read_swath(path: Path, granule_id: str) -> Swath:

@@ -1,0 +1,212 @@
+"""gRPC clients for addresses that scale: a DNS name, a comma-separated list, or both, with failover.
+
+An address setting (`GEOMESH_EDGE_SCHEDULER_ADDRESS`, a registry entry's transformer addresses, ...)
+holds one or more entries: `host:port`, `dns:///name:port` (every address the name resolves to: a
+Kubernetes headless Service), or any other gRPC target. Each entry gets one channel that balances
+round-robin over the addresses it resolves to (gRPC's default, pick_first, would send every call to
+the first). Calls go to the entries in turn; a call that finds its entry unreachable before any
+answer came back goes on to the next, so a client keeps working while any entry is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from geomesh.errors import ERROR_KIND_KEY, ServiceUnavailableError
+
+# Large enough for one shape upload or a generous output chunk; chunks themselves stay small.
+MESSAGE_LIMIT = 64 * 1024 * 1024
+_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        # Within one entry, a call that could not reach a backend is tried on the next (one of a
+        # DNS name's pods going away); the waits stay short because other entries may be up.
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.max_send_message_length", MESSAGE_LIMIT),
+    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.service_config", _SERVICE_CONFIG),
+    # A DNS name is resolved again this often at most: new replicas join without a restart.
+    ("grpc.dns_min_time_between_resolutions_ms", 5_000),
+]
+_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
+
+Stub = TypeVar("Stub")
+
+
+def targets(addresses: str | Sequence[str]) -> list[str]:
+    """The gRPC targets of an address setting: comma-separated entries, `host:port` read as DNS."""
+    entries = addresses.split(",") if isinstance(addresses, str) else [e for a in addresses for e in a.split(",")]
+    found = [entry.strip() for entry in entries if entry.strip()]
+    if not found:
+        raise ValueError(f"no gRPC address in {addresses!r}: give host:port, dns:///name:port, or a comma-separated list")
+    return [entry if entry.startswith(_SCHEMES) else f"dns:///{entry}" for entry in found]
+
+
+def open_channel(target: str) -> grpc.aio.Channel:
+    """One channel to one target, balancing round-robin over the addresses the target resolves to."""
+    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+
+def unreachable(error: grpc.RpcError) -> bool:
+    """The peer could not be reached (or went away): not an answer it gave, which carries our error kind."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    return ERROR_KIND_KEY not in dict(trailers or ())
+
+
+@dataclass
+class Entry(Generic[Stub]):
+    target: str
+    channel: grpc.aio.Channel
+    stub: Stub
+    # Calls in flight on this entry; thousands on one channel make some fail with CANCELLED.
+    slots: asyncio.Semaphore | None
+
+    def ready_or_idle(self) -> bool:
+        return self.channel.get_state(try_to_connect=False) != grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+
+def entry(make_stub: Callable[[grpc.aio.Channel], Stub], target: str, concurrency: int | None = None) -> Entry[Stub]:
+    channel = open_channel(target)
+    return Entry(target, channel, make_stub(channel), asyncio.Semaphore(concurrency) if concurrency else None)
+
+
+class Balanced(Generic[Stub]):
+    """One stub's methods over several entries, in turn, with failover."""
+
+    def __init__(self, entries: Sequence[Entry[Stub]]) -> None:
+        self.entries = list(entries)
+        self.targets = [e.target for e in self.entries]
+        self._turn = itertools.count()
+
+    @classmethod
+    def of(cls, make_stub: Callable[[grpc.aio.Channel], Stub], addresses: str | Sequence[str]) -> Balanced[Stub]:
+        return cls([entry(make_stub, target) for target in targets(addresses)])
+
+    def order(self) -> list[Entry[Stub]]:
+        """Every entry, starting from the next in turn; those known to be failing last, still tried."""
+        start = next(self._turn) % len(self.entries)
+        turn = self.entries[start:] + self.entries[:start]
+        return [e for e in turn if e.ready_or_idle()] + [e for e in turn if not e.ready_or_idle()]
+
+    async def unary(self, method: str, request: Any, **kwargs: Any) -> Any:
+        """`stub.method(request)` on the first entry that can be reached."""
+        last: grpc.RpcError | None = None
+        for entry in self.order():
+            async with _slot(entry):
+                try:
+                    return await getattr(entry.stub, method)(request, **kwargs)
+                except grpc.RpcError as error:
+                    if not unreachable(error):
+                        raise
+                    last = error
+        raise self._unreachable(last)
+
+    async def stream(self, method: str, request: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """The messages of `stub.method(request)`; another entry is tried only if nothing was received yet."""
+        last: grpc.RpcError | None = None
+        for entry in self.order():
+            async with _slot(entry):
+                call = getattr(entry.stub, method)(request, **kwargs)
+                received = False
+                try:
+                    async for message in call:
+                        received = True
+                        yield message
+                    return
+                except grpc.RpcError as error:
+                    if received or not unreachable(error):
+                        raise
+                    last = error
+                finally:
+                    call.cancel()
+        raise self._unreachable(last)
+
+    def _unreachable(self, last: grpc.RpcError | None) -> Exception:
+        """The last entry's error (callers map it as any gRPC error); None only if there were no entries."""
+        return last or ServiceUnavailableError(f"none of {', '.join(self.targets)} could be reached")
+
+    async def close(self) -> None:
+        await asyncio.gather(*(entry.channel.close() for entry in self.entries))
+
+
+def _slot(entry: Entry[Any]) -> Any:
+    return entry.slots if entry.slots is not None else _NO_SLOT
+
+
+class _NoSlot:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+
+_NO_SLOT = _NoSlot()
+
+
+class _StreamCall:
+    """What a streaming stub method returns: iterate it (once), or cancel it."""
+
+    def __init__(self, messages: AsyncIterator[Any]) -> None:
+        self._messages = messages
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._messages
+
+    def cancel(self) -> bool:
+        """Closing the generator cancels the call under it (its finally block)."""
+        asyncio.ensure_future(_close(self._messages))
+        return True
+
+
+async def _close(messages: AsyncIterator[Any]) -> None:
+    with suppress(RuntimeError):  # still being iterated elsewhere: that iteration's end closes it
+        await messages.aclose()  # type: ignore[attr-defined]
+
+
+class BalancedStub:
+    """A drop-in for a generated stub (`SchedulerStub(channel)`) whose calls go through Balanced.
+
+    Unary methods are awaited as usual; streaming ones are iterated and may be cancelled.
+    """
+
+    def __init__(self, make_stub: Callable[[grpc.aio.Channel], Any], addresses: str | Sequence[str]) -> None:
+        self.balanced: Balanced[Any] = Balanced.of(make_stub, addresses)
+        self._kinds: dict[str, bool] = {}
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        streaming = self._kinds.get(method)
+        if streaming is None:
+            callable_ = getattr(self.balanced.entries[0].stub, method)
+            streaming = self._kinds[method] = isinstance(callable_, grpc.aio.UnaryStreamMultiCallable)
+        if streaming:
+            return lambda request, **kwargs: _StreamCall(self.balanced.stream(method, request, **kwargs))
+        return lambda request, **kwargs: self.balanced.unary(method, request, **kwargs)
+
+    async def close(self) -> None:
+        await self.balanced.close()
