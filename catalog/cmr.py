@@ -18,7 +18,12 @@ import aiohttp
 
 from catalog.backend import GranuleQuery, GranuleSearch
 from catalog.models import CollectionRecord, GranuleRecord, LinkRecord, VariableRecord
-from geomesh.errors import GeomeshError, NotFoundError, RequestValidationError, ServiceUnavailableError
+from geomesh.errors import (
+    GeomeshError,
+    NotFoundError,
+    RequestValidationError,
+    ServiceUnavailableError,
+)
 from geomesh.model import parse_datetime
 
 __all__ = ["CmrCatalog"]

@@ -9,7 +9,13 @@ from pathlib import Path
 import shapely
 
 from catalog.backend import GranuleQuery, GranuleSearch
-from catalog.models import CatalogFile, CollectionRecord, GranuleRecord, VariableRecord
+from catalog.models import (
+    CatalogFile,
+    CollectionRecord,
+    GranuleRecord,
+    VariableRecord,
+    resolved_href,
+)
 from geomesh.errors import NotFoundError
 from geomesh.model import BBox, TimeRange
 
@@ -24,10 +30,17 @@ class LocalCatalog:
             self._by_short_name.setdefault(record.short_name, record)
 
     @classmethod
-    def from_file(cls, path: Path) -> LocalCatalog:
+    def from_file(cls, path: Path, data_url: str | None = None) -> LocalCatalog:
+        """Read catalog.json; its relative granule links resolve against data_url (None: its own folder)."""
         if not path.is_file():
             raise FileNotFoundError(f"catalog file {path} does not exist: run `geomesh demo` to generate the demo data")
-        return cls(CatalogFile.model_validate_json(path.read_bytes()))
+        catalog = CatalogFile.model_validate_json(path.read_bytes())
+        base = (data_url or path.parent.resolve().as_uri()).rstrip("/") + "/"
+        for collection in catalog.collections:
+            for granule in collection.granules:
+                for link in granule.links:
+                    link.href = resolved_href(link.href, base)
+        return cls(catalog)
 
     @property
     def collections(self) -> list[CollectionRecord]:

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
+from urllib.parse import quote, urlparse
 
 from pydantic import BaseModel, Field
 
 
 class LinkRecord(BaseModel):
-    href: str                      # file:// URL or path for local data, http(s)/s3 elsewhere
+    # Relative to the catalog's data URL (the data folder by default; GEOMESH_CATALOG_DATA_URL),
+    # or absolute: a file:// URL or path, http(s) or s3; "/data/..." is served by geomesh itself.
+    href: str
     type: str = ""                 # media type, e.g. image/tiff
     title: str = ""
+
+
+def relative_href(path: Path, data_dir: Path) -> str:
+    """A granule file's link as the catalog stores it: relative to the data folder, so the folder
+    (or a bucket it was copied to) can be anywhere."""
+    return Path(path).resolve().relative_to(Path(data_dir).resolve()).as_posix()
+
+
+def resolved_href(href: str, data_url: str) -> str:
+    """A stored link made absolute: relative ones against data_url (ending in "/")."""
+    if urlparse(href).scheme or href.startswith("/"):
+        return href
+    return data_url + (href if data_url.startswith("s3:") else quote(href))  # S3 keys are not URL-encoded
 
 
 class GranuleRecord(BaseModel):

@@ -19,7 +19,6 @@ from geomesh.settings import CatalogSettings
 from geomesh.shapes import GEOJSON, parse_shape
 from geomesh.v1 import catalog_pb2, catalog_pb2_grpc, request_pb2, types_pb2
 
-
 # Initial metadata of a Capabilities answer from CMR: the URL below which its concept ids resolve.
 
 
@@ -189,7 +188,7 @@ def open_backend(settings: CatalogSettings) -> CatalogBackend:
         return CmrCatalog(settings.cmr_url, token=settings.cmr_token)
     from catalog.local import LocalCatalog
 
-    return LocalCatalog.from_file(settings.data_dir / "catalog.json")
+    return LocalCatalog.from_file(settings.data_dir / "catalog.json", settings.data_url)
 
 
 async def serve(settings: CatalogSettings, backend: CatalogBackend | None = None) -> RunningServer:

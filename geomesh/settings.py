@@ -30,6 +30,10 @@ class CatalogSettings(_Service):
     port: int = 50052
     backend: Literal["local", "cmr"] = "local"
     data_dir: Path = DEFAULT_DATA_DIR
+    # Where the embedded catalog's granule files are read from: its relative links resolve against
+    # this URL, e.g. s3://demo-data/ once the data folder's granules/ is copied there, so that
+    # transformers on other hosts need no shared folder. None: the data folder itself (file://).
+    data_url: str | None = None
     cmr_url: str = "https://cmr.uat.earthdata.nasa.gov"
     cmr_token: str | None = None
     # None: the registry shipped with geomesh (catalog/services.yml).
@@ -50,6 +54,8 @@ class TransformerSettings(_Service):
     # Open datasets kept between requests (GDAL's block cache makes repeated crops cheap).
     open_datasets: int = Field(default=64, ge=0)
     chunk_bytes: int = Field(default=256 * 1024, ge=4096)
+    # Each process works in a folder of its own below this one, swept when it stops or is found
+    # left behind by a killed process. None: <system temp>/geomesh-scratch.
     scratch_dir: Path | None = None
     # Data hosts that receive the caller's bearer token with each read (names or patterns such as
     # *.earthdata.nasa.gov; comma-separated); every other host gets none.

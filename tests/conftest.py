@@ -7,7 +7,7 @@ import hashlib
 import importlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from catalog.demo.generate import generate_demo
+from geomesh.s3 import BucketSettings, S3Settings
 from geomesh.settings import (
     TRANSFORMER_FAMILIES,
     CatalogSettings,
@@ -26,6 +27,7 @@ from geomesh.settings import (
     TransformerSettings,
 )
 from tests.loopback import serve_app
+from tests.s3_server import S3Server, SeaweedFSMissing, start_seaweedfs
 
 GLOBAL_GRANULE = "G1233800343-EEDTEST"
 HARMONY_EXAMPLE = "C1233800302-EEDTEST"
@@ -42,6 +44,7 @@ class Mesh:
     data_dir: Path
     staging_dir: Path  # a file:// staging URL's folder (the default)
     transformer_addresses: dict[str, str]  # by family
+    database_url: str = ""  # the job store's
 
     def coverages(self, collection: str = HARMONY_EXAMPLE) -> str:
         return f"{self.url}/{collection}/ogc-api-coverages/1.0.0"
@@ -52,7 +55,13 @@ class Mesh:
 
 @asynccontextmanager
 async def running_mesh(
-    data_dir: Path, work_dir: Path, *, edge: dict[str, Any] | None = None, scheduler: dict[str, Any] | None = None
+    data_dir: Path,
+    work_dir: Path,
+    *,
+    edge: dict[str, Any] | None = None,
+    scheduler: dict[str, Any] | None = None,
+    catalog: dict[str, Any] | None = None,
+    transformer: dict[str, Any] | None = None,
 ) -> AsyncIterator[Mesh]:
     """Start the transformers, catalog, scheduler and edge on demo data in data_dir; stop them afterwards."""
     from catalog.service import serve as serve_catalog
@@ -62,26 +71,27 @@ async def running_mesh(
     transformers = {}
     for family in TRANSFORMER_FAMILIES:
         service = importlib.import_module(f"transformers.{family}.service")
-        settings = TransformerSettings(family=family, port=0, scratch_dir=work_dir / "scratch", workers=2)
+        settings = TransformerSettings(family=family, port=0, scratch_dir=work_dir / "scratch", workers=2, **(transformer or {}))
         transformers[family] = await service.serve(settings)
         os.environ[f"GEOMESH_{family.upper()}_ADDRESSES"] = transformers[family].address  # read by services.yml
     addresses = {family: server.address for family, server in transformers.items()}
-    catalog = await serve_catalog(CatalogSettings(port=0, data_dir=data_dir))
+    catalog_server = await serve_catalog(CatalogSettings(port=0, data_dir=data_dir, **(catalog or {})))
     scheduler_settings = SchedulerSettings(
-        port=0, catalog_address=catalog.address, data_dir=work_dir, retry_delay_seconds=0.05, **(scheduler or {})
+        port=0, catalog_address=catalog_server.address, data_dir=work_dir, retry_delay_seconds=0.05, **(scheduler or {})
     )
     running_scheduler = await serve_scheduler(scheduler_settings)
     app = create_app(
-        EdgeSettings(port=0, scheduler_address=running_scheduler.address, catalog_address=catalog.address, **(edge or {}))
+        EdgeSettings(port=0, scheduler_address=running_scheduler.address, catalog_address=catalog_server.address, **(edge or {}))
     )
     try:
         async with serve_app(app) as url:
             yield Mesh(
-                url, catalog.address, running_scheduler.address, addresses["gdal"], data_dir,
+                url, catalog_server.address, running_scheduler.address, addresses["gdal"], data_dir,
                 Path(unquote(urlparse(scheduler_settings.resolved_staging_url).path)), addresses,
+                scheduler_settings.resolved_database_url,
             )
     finally:
-        for server in (running_scheduler, catalog, *transformers.values()):
+        for server in (running_scheduler, catalog_server, *transformers.values()):
             await server.stop(grace=1)
 
 
@@ -124,6 +134,30 @@ async def secured(mesh: Mesh, tmp_path: Path) -> AsyncIterator[Mesh]:
     )
     async with serve_app(app) as url:
         yield dataclasses.replace(mesh, url=url)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS) on 127.0.0.1 for the whole session, with auth enforced."""
+    try:
+        with start_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+            yield server
+    except SeaweedFSMissing as missing:
+        pytest.skip(f"no SeaweedFS: {missing}")
+
+
+def s3_settings(server: S3Server, **buckets: BucketSettings) -> S3Settings:
+    """geomesh's S3 settings for the test server (its admin identity), some buckets set apart."""
+    return S3Settings(
+        endpoint_url=server.endpoint_url, region=server.region,
+        access_key_id=server.access_key_id, secret_access_key=server.secret_access_key, buckets=buckets,
+    )
+
+
+def new_bucket(server: S3Server) -> str:
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    server.create_bucket(name)
+    return name
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -28,6 +28,7 @@ from geomesh.rpc import RunningServer, start_server
 from geomesh.s3 import S3Clients
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import transformer_pb2, transformer_pb2_grpc
+from transformers.scratch import Scratch
 from transformers.sources import DataAccess, Source
 
 SERVICE_NAME = "geomesh.v1.Transformer"
@@ -56,6 +57,8 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
         self.settings = settings
         self.executor = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix=self.family)
         self.output_bytes = OUTPUT_BYTES.labels(f"transformer-{self.family}")
+        # Scratch files of this process only; a killed predecessor's are swept here.
+        self.scratch = Scratch.open(settings.scratch_dir, self.family)
         self.access = DataAccess(
             token_hosts=tuple(settings.token_hosts),
             s3=S3Clients(settings.s3),
@@ -129,6 +132,7 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
     async def close(self) -> None:
         """Let running work finish; subclasses also release what they keep open."""
         await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
+        self.scratch.close()
 
 
 def chosen_format(media_type: str, family: str, formats: Sequence[str], aliases: Mapping[str, str] | None = None) -> str:
@@ -177,8 +181,6 @@ async def serve_transformer(
     settings: TransformerSettings, make: Callable[[TransformerSettings], FileTransformer]
 ) -> TransformerServer:
     """Start a transformer on settings.host:settings.port (0 picks a free port)."""
-    if settings.scratch_dir is not None:
-        Path(settings.scratch_dir).mkdir(parents=True, exist_ok=True)
     transformer = make(settings)
     running = await start_server(
         f"transformer-{transformer.family}",

@@ -2,10 +2,12 @@
 
 Credentials are scoped per host, never process-wide: the caller's bearer token goes only to the
 data hosts configured to receive it (`GEOMESH_TRANSFORMER_TOKEN_HOSTS`, as Harmony forwards
-Earthdata Login tokens), and S3 keys and endpoints come per bucket from geomesh.s3. GDAL gets them
-as thread-local options inside rasterio.Env (the gdal family reads only the bytes it needs); the
-NetCDF families, whose libraries read local files, get a scratch copy, downloaded with the same
-credentials, bounded in size, and deleted after use.
+Earthdata Login tokens), and S3 keys and endpoints come per bucket from geomesh.s3. GDAL reads
+public links and S3 in place, with thread-local options inside rasterio.Env (only the bytes it
+needs). A link read with a caller's token, and every link of the NetCDF families (whose libraries
+read local files), is copied to scratch first, bounded in size and deleted after use: GDAL caches
+what /vsicurl/ reads process-wide by URL, while a handle is open, so bytes one caller's token
+fetched could otherwise be served to a caller without it; GDAL never sees a token.
 
 A data host's refusal (401/403) is the caller's 403 naming the host; a timeout or a 5xx is a
 502/504 naming the granule and host, which the dispatcher retries as a transient failure.
@@ -13,7 +15,6 @@ A data host's refusal (401/403) is the caller's 403 naming the host; a timeout o
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import rasterio
+import rasterio.session
 import requests
 
 from geomesh.errors import (
@@ -38,6 +41,19 @@ from geomesh.s3 import S3Clients, S3Settings, s3_errors
 
 DOWNLOAD_CHUNK = 1024 * 1024
 REMOTE_SCHEMES = ("http", "https", "s3")
+
+
+_AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+class _AwsKeys(rasterio.session.Session):
+    """A bucket's keys, handed to rasterio.Env the one way it takes them."""
+
+    def __init__(self, keys: dict[str, str]) -> None:
+        self._keys = keys
+
+    def get_credential_options(self) -> dict[str, str]:
+        return self._keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +123,16 @@ class DataAccess:
             return f"/vsicurl/{source.href}"
         return f"/vsis3/{url.netloc}{url.path}"
 
+    def gdal_env(self, source: Source) -> rasterio.Env:
+        """The GDAL configuration for reading this link, for the calling thread only (rasterio sets
+        options thread-locally off the main thread); blocking: an S3 client may be made."""
+        options = self.gdal_options(source)
+        keys = {name: options.pop(name) for name in _AWS_KEYS if name in options}
+        # rasterio accepts AWS keys only from a session object, not as plain options.
+        return rasterio.Env(session=_AwsKeys(keys), **options) if keys else rasterio.Env(**options)
+
     def gdal_options(self, source: Source) -> dict[str, str]:
-        """Thread-local GDAL options for reading this link; blocking (an S3 client may be made)."""
+        """GDAL's configuration options for reading this link, credentials included."""
         if source.local_path is not None:
             return {}
         options = {
@@ -120,13 +144,7 @@ class DataAccess:
         }
         if source.scheme == "s3":
             return options | self.s3.bucket(urlparse(source.href).netloc).gdal_options()
-        if self.gets_token(source):
-            options["GDAL_HTTP_HEADERS"] = f"Authorization: Bearer {source.token}"
         return options
-
-    def identity(self, source: Source) -> str:
-        """Whose credentials a handle is opened with, so one caller's open dataset is never lent to another."""
-        return hashlib.sha256(source.token.encode()).hexdigest()[:16] if self.gets_token(source) else ""
 
     # -- local copies for libraries that read files ----------------------------------------------
 

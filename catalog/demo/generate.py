@@ -27,7 +27,14 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.transform import Affine
 
 from catalog.demo import atl08, harmony_example_v2, l2_swath
-from catalog.models import CatalogFile, CollectionRecord, GranuleRecord, LinkRecord, VariableRecord
+from catalog.models import (
+    CatalogFile,
+    CollectionRecord,
+    GranuleRecord,
+    LinkRecord,
+    VariableRecord,
+    relative_href,
+)
 
 COLLECTION_ID = "C1233800302-EEDTEST"
 PIXEL_DEG = 0.1
@@ -223,7 +230,7 @@ def generate_demo(data_dir: Path, *, granules: Iterable[str] | None = None) -> P
     records = [
         GranuleRecord(
             id=g.id, name=g.name, time_start=g.time_start, time_end=g.time_end, bbox=g.bbox,
-            links=[LinkRecord(href=p.as_uri(), type="image/tiff", title=g.id)],
+            links=[LinkRecord(href=relative_href(p, data_dir), type="image/tiff", title=g.id)],
         )
         for g, p in zip(selected, paths)
     ]

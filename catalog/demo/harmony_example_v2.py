@@ -32,7 +32,13 @@ import numpy as np
 import pyproj
 
 from catalog.demo import generate
-from catalog.models import CollectionRecord, GranuleRecord, LinkRecord, VariableRecord
+from catalog.models import (
+    CollectionRecord,
+    GranuleRecord,
+    LinkRecord,
+    VariableRecord,
+    relative_href,
+)
 
 COLLECTION_ID = "C1234088182-EEDTEST"
 MEDIA_TYPE = "application/x-netcdf4"
@@ -187,7 +193,7 @@ def build_collection(data_dir: Path, granules: list[V2Granule]) -> CollectionRec
         path = write_granule(granule, granule_path(data_dir, granule), shade, lats, lons)
         records.append(GranuleRecord(
             id=granule.id, name=granule.name, time_start=granule.time_start, time_end=granule.time_end,
-            bbox=granule.bbox, links=[LinkRecord(href=path.as_uri(), type=MEDIA_TYPE, title=granule.id)],
+            bbox=granule.bbox, links=[LinkRecord(href=relative_href(path, data_dir), type=MEDIA_TYPE, title=granule.id)],
         ))
     return CollectionRecord(
         id=COLLECTION_ID, short_name="harmony_example", version="2",

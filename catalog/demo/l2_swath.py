@@ -28,7 +28,13 @@ import h5py
 import numpy as np
 
 from catalog.demo import generate
-from catalog.models import CollectionRecord, GranuleRecord, LinkRecord, VariableRecord
+from catalog.models import (
+    CollectionRecord,
+    GranuleRecord,
+    LinkRecord,
+    VariableRecord,
+    relative_href,
+)
 
 COLLECTION_ID = "C1233860183-EEDTEST"
 MEDIA_TYPE = "application/x-netcdf4"
@@ -246,7 +252,7 @@ def build_collection(data_dir: Path, granules: list[SwathGranule]) -> Collection
         bbox = write_granule(granule, path)
         records.append(GranuleRecord(
             id=granule.id, name=granule.name, time_start=granule.time_start, time_end=granule.time_end, bbox=bbox,
-            links=[LinkRecord(href=path.resolve().as_uri(), type=MEDIA_TYPE, title=granule.id)],
+            links=[LinkRecord(href=relative_href(path, data_dir), type=MEDIA_TYPE, title=granule.id)],
         ))
     boxes = [r.bbox for r in records] or [(-180.0, -90.0, 180.0, 90.0)]
     return CollectionRecord(

@@ -156,6 +156,13 @@ class S3Staging:
         client = self._access.client
         try:
             with s3_errors(self.url):
+                await asyncio.to_thread(client.head_bucket, Bucket=self.bucket)
+        except NotFoundError:
+            raise RequestValidationError(f"The specified bucket '{self.bucket}' does not exist.") from None
+        except Exception:  # noqa: BLE001 - some stores refuse HEAD on a bucket one may still write to
+            pass
+        try:
+            with s3_errors(self.url):
                 await asyncio.to_thread(client.put_object, Bucket=self.bucket, Key=probe, Body=b"")
                 await asyncio.to_thread(client.delete_object, Bucket=self.bucket, Key=probe)
         except RequestValidationError:

@@ -23,6 +23,7 @@ from catalog.demo.generate import (
     hue_of,
     load_granules,
 )
+from catalog.local import LocalCatalog
 from catalog.models import CatalogFile
 
 GLOBAL_ID = "G1233800343-EEDTEST"   # 001_00_7f00ff_global, used throughout the seed notebook
@@ -135,8 +136,19 @@ def test_catalog_json_lists_what_was_written(demo_dir: Path) -> None:
     for granule in collection.granules:
         (link,) = granule.links
         assert link.type == "image/tiff" and link.title == granule.id
-        assert urlparse(link.href).scheme == "file"
-        assert Path(url2pathname(urlparse(link.href).path)).is_file()
+        # Relative to the data folder, so the folder (or a bucket it is copied to) can be anywhere.
+        assert not urlparse(link.href).scheme and (demo_dir / link.href).is_file()
+
+
+def test_relative_links_resolve_against_the_data_url(demo_dir: Path) -> None:
+    local = LocalCatalog.from_file(demo_dir / "catalog.json")
+    [granule] = [g for c in local.collections for g in c.granules if g.id == GLOBAL_ID]
+    path = Path(url2pathname(urlparse(granule.links[0].href).path))
+    assert urlparse(granule.links[0].href).scheme == "file" and path.is_file()
+    relative = path.relative_to(demo_dir.resolve()).as_posix()
+    on_s3 = LocalCatalog.from_file(demo_dir / "catalog.json", "s3://demo-data/copy")
+    [moved] = [g for c in on_s3.collections for g in c.granules if g.id == GLOBAL_ID]
+    assert moved.links[0].href == f"s3://demo-data/copy/{relative}"
 
 
 def test_ensure_demo_keeps_an_existing_catalog(demo_dir: Path) -> None:

@@ -96,14 +96,16 @@ async def stub(server: TransformerServer) -> AsyncIterator[transformer_pb2_grpc.
 
 
 @pytest.fixture(autouse=True)
-async def no_leftovers(scratch: Path, data_dir: Path) -> AsyncIterator[None]:
+async def no_leftovers(server: TransformerServer, data_dir: Path) -> AsyncIterator[None]:
     """Every test must leave the scratch folder empty and no sidecar beside the sources."""
     yield
+    assert server.transformer is not None
+    scratch = server.transformer.scratch
     for _ in range(100):  # a cancelled call's output is removed when its worker finishes
-        if not any(scratch.iterdir()):
+        if not scratch.files():
             break
         await asyncio.sleep(0.01)
-    assert list(scratch.iterdir()) == []
+    assert scratch.files() == []
     assert [p.name for p in data_dir.iterdir() if p.suffix != ".tif"] == []
 
 

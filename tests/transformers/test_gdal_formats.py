@@ -17,9 +17,9 @@ from rasterio.transform import from_origin
 from geomesh.errors import RequestValidationError
 from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool
-from transformers.sources import Source
 from transformers.gdal.subset import SubsetRequest, subset
 from transformers.serving import FileOutput
+from transformers.sources import Source
 
 RGBA = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
 # Four flat colours, one per quadrant; the top-left quadrant is transparent.

@@ -16,9 +16,9 @@ from shapely.geometry import Polygon, box
 from geomesh.errors import RequestValidationError
 from geomesh.model import BBox
 from transformers.gdal.datasets import DatasetPool
-from transformers.sources import Source
 from transformers.gdal.subset import SubsetRequest, subset
 from transformers.grids import GridSpec
+from transformers.sources import Source
 
 RGBA = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
 # Bounds 10..40 E, -10..20 N; its hypotenuse runs from (40, -10) to (10, 20).

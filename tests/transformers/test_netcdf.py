@@ -19,18 +19,17 @@ from rasterio.transform import from_origin
 
 from geomesh.errors import (
     RequestValidationError,
-    TransformError,
     UnsupportedOperationError,
 )
 from geomesh.model import BBox, TimeRange
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import request_pb2, transformer_pb2, transformer_pb2_grpc, types_pb2
-from transformers.sources import DataAccess, Source
 from transformers.grids import GridSpec, grid_spec, output_grid, target_crs
 from transformers.netcdf.process import NetcdfRequest, process
 from transformers.netcdf.service import netcdf_request, serve
 from transformers.netcdf.subset import DimensionRange
 from transformers.netcdf.writers import NETCDF4, TIFF, ZARR
+from transformers.sources import DataAccess, Source
 
 # A 1-degree grid over 20W-20E, 10S-10N; 3 days; 4 levels.
 LATS = np.arange(-9.5, 10.0, 1.0)

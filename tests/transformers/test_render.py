@@ -47,7 +47,9 @@ def granules(demo_dir: Path) -> dict[str, types_pb2.Granule]:
             id=record["id"],
             name=record["name"],
             bbox=BBox(*record["bbox"]).to_proto(),
-            links=[types_pb2.DataLink(href=link["href"], media_type=link["type"]) for link in record["links"]],
+            links=[
+                types_pb2.DataLink(href=(demo_dir / link["href"]).as_uri(), media_type=link["type"]) for link in record["links"]
+            ],
         )
         for record in records
     }

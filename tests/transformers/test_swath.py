@@ -17,8 +17,8 @@ from geomesh.errors import (
     UnsupportedOperationError,
 )
 from geomesh.v1 import transformer_pb2, types_pb2
-from transformers.sources import DataAccess, Source
 from transformers.grids import CRS_MESSAGE, INTERPOLATIONS, GridSpec, grid_spec
+from transformers.sources import DataAccess, Source
 from transformers.swath.process import (
     NETCDF,
     TIFF,

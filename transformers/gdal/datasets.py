@@ -1,9 +1,9 @@
 """A thread-safe pool of open rasterio datasets, so GDAL's block cache makes repeated crops cheap.
 
 A rasterio dataset must not be used by two threads at once: each handle is lent to one thread
-at a time, and a path that is busy everywhere gets another handle of its own. A handle opened with
-a caller's token is lent only to that caller again. Remote links are read with their own
-credentials (transformers.sources), set for the calling thread only while the handle is lent.
+at a time, and a path that is busy everywhere gets another handle of its own. Remote links are
+read with their own credentials (transformers.sources), set for the calling thread only while the
+handle is lent; a link that needs the caller's token is read from a private copy, never pooled.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import rasterio
 from rasterio.errors import RasterioError
@@ -29,14 +30,15 @@ def _version(path: str) -> tuple[int, int] | None:
     return stat.st_mtime_ns, stat.st_size
 
 
-_Key = tuple[str, tuple[int, int] | None, str]  # path, local file version, credentials identity
+_Key = tuple[str, tuple[int, int] | None]  # path, local file version
 
 
 class DatasetPool:
     """Idle handles per path, least recently used path evicted first above `max_idle` handles."""
 
-    def __init__(self, max_idle: int, access: DataAccess | None = None) -> None:
+    def __init__(self, max_idle: int, access: DataAccess | None = None, scratch_dir: Path | None = None) -> None:
         self.access = access or DataAccess()
+        self.scratch_dir = scratch_dir
         self._max_idle = max_idle
         self._idle: OrderedDict[_Key, list[DatasetReader]] = OrderedDict()
         self._idle_count = 0
@@ -54,10 +56,19 @@ class DatasetPool:
         GDAL's failures, opening or reading in the block, become the geomesh error that says why
         (a data host's refusal, a timeout, an unreadable file).
         """
+        if self.access.gets_token(source):
+            # Not pooled: the copy is deleted when the block ends, and with it the disk it takes.
+            with self.access.local_file(source, self.scratch_dir) as copy:
+                try:
+                    with rasterio.open(copy) as dataset:
+                        yield dataset
+                except (RasterioError, OSError) as error:
+                    raise self.access.diagnose(Source(source.granule_id, str(copy)), error) from error
+            return
         path = self.access.gdal_path(source)
         try:
-            with rasterio.Env(**self.access.gdal_options(source)):
-                key = (path, _version(path), self.access.identity(source))
+            with self.access.gdal_env(source):
+                key = (path, _version(path))
                 dataset = self._take(key)
                 if dataset is None:
                     dataset = rasterio.open(path)

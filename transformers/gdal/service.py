@@ -169,11 +169,11 @@ class GdalTransformer(FileTransformer):
 
     def __init__(self, settings: TransformerSettings) -> None:
         super().__init__(settings)
-        self._pool = DatasetPool(settings.open_datasets, self.access)
+        self._pool = DatasetPool(settings.open_datasets, self.access, self.scratch.path)
 
     def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
         work = subset_request(item, self.source(item.granule, item.access_token))
-        return functools.partial(subset, work, self._pool, self.settings.scratch_dir)
+        return functools.partial(subset, work, self._pool, self.scratch.path)
 
     async def Render(
         self, request: transformer_pb2.RenderRequest, context: grpc.aio.ServicerContext

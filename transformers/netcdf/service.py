@@ -77,7 +77,7 @@ class NetcdfTransformer(FileTransformer):
 
     def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
         request = netcdf_request(item, self.source(item.granule, item.access_token))
-        return functools.partial(process, request, self.access, self.settings.scratch_dir)
+        return functools.partial(process, request, self.access, self.scratch.path)
 
 
 async def serve(settings: TransformerSettings) -> TransformerServer:

@@ -70,7 +70,7 @@ class SwathTransformer(FileTransformer):
 
     def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
         request = regrid_request(item, self.source(item.granule, item.access_token))
-        return functools.partial(regrid_granule, request, self.access, self.settings.scratch_dir)
+        return functools.partial(regrid_granule, request, self.access, self.scratch.path)
 
 
 async def serve(settings: TransformerSettings) -> TransformerServer:
