@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
@@ -27,8 +27,12 @@ import boto3
 from botocore.client import BaseClient
 from botocore.config import Config
 
+from tests.hosts import in_namespace
+
 if TYPE_CHECKING:
     from rasterio.env import Env
+
+    from tests.hosts import Host
 
 S3Client: TypeAlias = BaseClient  # boto3's S3 client class is generated at run time; this is its base
 
@@ -259,8 +263,11 @@ def stop(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE) -> None:
 
 
 @contextmanager
-def start_seaweedfs(work_dir: Path, ip: str = "127.0.0.1") -> Iterator[S3Server]:
-    """Run SeaweedFS on free ports of ip with fresh random keys, data and log in work_dir; stop it on exit."""
+def start_seaweedfs(work_dir: Path, ip: str = "127.0.0.1", host: Host | None = None) -> Iterator[S3Server]:
+    """Run SeaweedFS on free ports of ip with fresh random keys, data and log in work_dir; stop it on exit.
+
+    With host (a tests.hosts network namespace, whose IP ip is), it runs there and is probed from there.
+    """
     data_dir = work_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     config_file = work_dir / "s3-identities.json"
@@ -274,12 +281,18 @@ def start_seaweedfs(work_dir: Path, ip: str = "127.0.0.1") -> Iterator[S3Server]
         endpoint_url=f"http://{ip}:{ports.s3}", access_key_id=admin[0], secret_access_key=admin[1],
         readonly_key_id=readonly[0], readonly_secret_key=readonly[1], ports=ports, log_file=log_file,
     )
-    with log_file.open("wb") as log:
-        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    if host is None:
+        with log_file.open("wb") as log:
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    else:
+        proc = host.popen(command, log=log_file)
     server.pid = proc.pid
+    inside: Callable[[Callable[[], Any]], Any] = (
+        (lambda fn: fn()) if host is None else (lambda fn: in_namespace(host.namespace, fn))
+    )
     try:
-        wait_until_ready(server, proc, ip)
-        server.create_bucket(READONLY_BUCKET)
+        inside(lambda: wait_until_ready(server, proc, ip))
+        inside(lambda: server.create_bucket(READONLY_BUCKET))
         yield server
     finally:
         stop(proc)

@@ -21,8 +21,10 @@ async def call(method: str, url: str, **options: Any) -> requests.Response:
     return await asyncio.to_thread(requests.request, method, url, timeout=30, **options)
 
 
-async def wait_for(mesh: Mesh, job_id: str, statuses: tuple[str, ...] = ("successful",), **options: Any) -> dict:
-    deadline = time.monotonic() + 30
+async def wait_for(
+    mesh: Mesh, job_id: str, statuses: tuple[str, ...] = ("successful",), seconds: float = 30, **options: Any
+) -> dict:
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         job = (await call("GET", f"{mesh.url}/jobs/{job_id}", **options)).json()
         if job["status"] in statuses:
