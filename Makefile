@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test bench bench-jobs bench-reproject bench-wms install clean
+.PHONY: up test lint bench bench-jobs bench-reproject bench-wms bench-staging install clean
 
 $(BIN)/geomesh: pyproject.toml setup.py $(wildcard protos/geomesh/v1/*.proto)
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,12 @@ install: $(BIN)/geomesh
 up: install  ## every service on localhost with the demo catalog; edge on http://127.0.0.1:3000
 	$(BIN)/geomesh up
 
-test: install
+test: install lint
 	$(BIN)/pytest
+
+lint: install  ## ruff and mypy, as CI runs them
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python benchmarks/bbox_crop.py
@@ -26,6 +30,9 @@ bench-jobs: install  ## a 177-granule async job vs a multiprocess rasterio loop
 	$(BIN)/python benchmarks/job_throughput.py
 
 MAPSERVER_PACKAGES := cgi-mapserver mapserver-bin lighttpd
+
+bench-staging: install  ## staging an output in a local folder vs S3 (SeaweedFS), geomesh's writer vs boto3's upload
+	$(BIN)/python benchmarks/staging.py
 
 bench-reproject: install  ## reprojection to EPSG:6933 (bbox and whole granule) vs rasterio in-process
 	$(BIN)/python benchmarks/reproject.py

@@ -9,8 +9,9 @@ ROOT = Path(__file__).parent.resolve()
 
 
 def generate_stubs() -> None:
-    from grpc_tools import protoc  # build requirement, pinned in pyproject.toml
     import importlib.resources
+
+    from grpc_tools import protoc  # build requirement, pinned in pyproject.toml
 
     protos = sorted(str(p.relative_to(ROOT / "protos")) for p in (ROOT / "protos").rglob("*.proto"))
     well_known = str(importlib.resources.files("grpc_tools") / "_proto")

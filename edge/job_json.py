@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC
 from typing import Any
 from urllib.parse import urlencode
@@ -80,8 +81,12 @@ def job_json(job: scheduler_pb2.Job, root: str, *, page: int = 1, limit: int | N
     return out
 
 
-def paging_links(url: str, page: int, limit: int | None, total: int, *, title: str = "The current page", **query: str) -> list[dict[str, Any]]:
-    """self, and first/prev/next/last when there is more than one page."""
+def paging_links(
+    url: str, page: int, limit: int | None, total: int, *, title: str = "The current page",
+    query: Mapping[str, str | list[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """self, and first/prev/next/last when there is more than one page, each link keeping query's parameters."""
+    query = query or {}
     pages = max(1, math.ceil(total / limit)) if limit else 1
 
     def link(rel: str, number: int, text: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 from datetime import UTC
+from typing import TypedDict
 
 from geomesh.v1 import transformer_pb2
 
@@ -51,7 +52,17 @@ def feature_info(layer: str, samples: transformer_pb2.Samples, media_type: str) 
     ).encode()
 
 
-def _properties(layer: str, granule: transformer_pb2.GranuleSample) -> dict[str, object]:
+class _Properties(TypedDict):
+    """A granule's feature properties, in the order they are written."""
+
+    layer: str
+    granule_id: str
+    time_start: str | None
+    time_end: str | None
+    values: dict[str, int | float]
+
+
+def _properties(layer: str, granule: transformer_pb2.GranuleSample) -> _Properties:
     values: dict[str, int | float] = {
         v.variable: int(v.value) if v.data_type.startswith(("int", "uint")) else v.value for v in granule.values
     }

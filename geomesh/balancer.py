@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -126,7 +126,7 @@ class Balanced(Generic[Stub]):
                     last = error
         raise self._unreachable(last)
 
-    async def stream(self, method: str, request: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    async def stream(self, method: str, request: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
         """The messages of `stub.method(request)`; another entry is tried only if nothing was received yet."""
         last: grpc.RpcError | None = None
         for entry in self.order():
@@ -172,7 +172,7 @@ _NO_SLOT = _NoSlot()
 class _StreamCall:
     """What a streaming stub method returns: iterate it (once), or cancel it."""
 
-    def __init__(self, messages: AsyncIterator[Any]) -> None:
+    def __init__(self, messages: AsyncGenerator[Any, None]) -> None:
         self._messages = messages
 
     def __aiter__(self) -> AsyncIterator[Any]:
@@ -184,9 +184,9 @@ class _StreamCall:
         return True
 
 
-async def _close(messages: AsyncIterator[Any]) -> None:
+async def _close(messages: AsyncGenerator[Any, None]) -> None:
     with suppress(RuntimeError):  # still being iterated elsewhere: that iteration's end closes it
-        await messages.aclose()  # type: ignore[attr-defined]
+        await messages.aclose()
 
 
 class BalancedStub:

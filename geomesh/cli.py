@@ -67,11 +67,11 @@ async def _serve(service: str) -> None:
         await runner.cleanup()
         return
     if service == "catalog":
-        from catalog.service import serve as start
-        running = await start(settings.CatalogSettings())
+        from catalog.service import serve as serve_catalog
+        running = await serve_catalog(settings.CatalogSettings())
     elif service == "scheduler":
-        from scheduler.service import serve as start
-        running = await start(settings.SchedulerSettings())
+        from scheduler.service import serve as serve_scheduler
+        running = await serve_scheduler(settings.SchedulerSettings())
     else:
         transformer = settings.TransformerSettings()
         family = importlib.import_module(f"transformers.{transformer.family}.service")

@@ -8,6 +8,7 @@ An output is recorded only by the lease holder, once, in the same transaction th
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -101,12 +102,12 @@ class Dispatcher:
                 task = asyncio.create_task(self._run(lease))
                 self._running[lease.item_id] = (lease.job_id, task)
                 WORK_ITEMS_IN_FLIGHT.inc()
-                task.add_done_callback(lambda _, item_id=lease.item_id: self._finished(item_id))
+                task.add_done_callback(functools.partial(self._finished, lease.item_id))
             if len(leases) < free or free <= 0:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), poll)
 
-    def _finished(self, item_id: int) -> None:
+    def _finished(self, item_id: int, _task: asyncio.Task[None]) -> None:
         if self._running.pop(item_id, None) is not None:
             WORK_ITEMS_IN_FLIGHT.dec()
         self._wake.set()
@@ -162,6 +163,7 @@ class Dispatcher:
 
     async def _transform(self, lease: Lease, granule: types_pb2.Granule) -> NewLink:
         request = request_pb2.DataRequest.FromString(lease.data_request)
+        assert lease.service_match is not None  # only direct-download jobs have none, and no items to lease
         match = catalog_pb2.ServiceMatch.FromString(lease.service_match)
         item = work_item(request, granule, match, job_id=lease.job_id)
         chunks = self.pool.transform(await self._replicas(lease.job_id, request), item)

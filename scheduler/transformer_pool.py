@@ -7,7 +7,7 @@ Service); geomesh.balancer balances within and across them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
@@ -48,7 +48,7 @@ class TransformerPool:
         except grpc.RpcError as error:
             raise _mapped(addresses, error) from None
 
-    async def transform(self, addresses: list[str], item: transformer_pb2.WorkItem) -> AsyncIterator[transformer_pb2.OutputChunk]:
+    async def transform(self, addresses: list[str], item: transformer_pb2.WorkItem) -> AsyncGenerator[transformer_pb2.OutputChunk, None]:
         """Stream one work item's output; an unreachable replica is skipped if nothing was received yet."""
         chunks = self._over(addresses).stream("Transform", item, metadata=((REQUEST_ID_KEY, item.request_id),))
         try:
@@ -57,7 +57,7 @@ class TransformerPool:
         except grpc.RpcError as error:
             raise _mapped(addresses, error) from None
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
 
     async def close(self) -> None:
         await asyncio.gather(*(e.channel.close() for e in self._entries.values()))

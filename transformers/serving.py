@@ -27,7 +27,7 @@ from geomesh.model import BBox, optional_bbox, optional_time
 from geomesh.rpc import RunningServer, start_server
 from geomesh.s3 import S3Clients
 from geomesh.settings import TransformerSettings
-from geomesh.v1 import transformer_pb2, transformer_pb2_grpc
+from geomesh.v1 import transformer_pb2, transformer_pb2_grpc, types_pb2
 from transformers.scratch import Scratch
 from transformers.sources import DataAccess, Source
 
@@ -66,7 +66,7 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
             max_download_bytes=settings.max_download_bytes,
         )
 
-    def source(self, granule: transformer_pb2.Granule, token: str) -> Source:
+    def source(self, granule: types_pb2.Granule, token: str) -> Source:
         """The granule's data link, read with the caller's token where its host takes it."""
         if not granule.id:
             raise RequestValidationError("The work item names no granule.")
@@ -152,7 +152,7 @@ def _discard_output(future: concurrent.futures.Future[FileOutput]) -> None:
         future.result().path.unlink(missing_ok=True)
 
 
-def _header(result: FileOutput, granule: transformer_pb2.Granule) -> transformer_pb2.OutputHeader:
+def _header(result: FileOutput, granule: types_pb2.Granule) -> transformer_pb2.OutputHeader:
     header = transformer_pb2.OutputHeader(
         file_name=result.file_name, media_type=result.media_type, granule_id=granule.id, size_bytes=result.size_bytes
     )

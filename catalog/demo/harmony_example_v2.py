@@ -190,6 +190,7 @@ def build_collection(data_dir: Path, granules: list[V2Granule]) -> CollectionRec
     shade = _shading(lats, lons) if granules else None
     records = []
     for granule in granules:
+        assert shade is not None  # None only when there are no granules
         path = write_granule(granule, granule_path(data_dir, granule), shade, lats, lons)
         records.append(GranuleRecord(
             id=granule.id, name=granule.name, time_start=granule.time_start, time_end=granule.time_end,

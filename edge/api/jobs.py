@@ -45,7 +45,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     body = {
         "count": response.total,
         "jobs": [job_json(job, root, listing=True) for job in response.jobs],
-        "links": paging_links(f"{root}/jobs", page, limit, response.total, **query),
+        "links": paging_links(f"{root}/jobs", page, limit, response.total, query=query),
     }
     return web.json_response(body, headers={"Harmony-Hits": str(response.total)})
 

@@ -334,7 +334,7 @@ async def _load(request: web.Request, collection: str) -> MapSource:
     layers, variables = _layers(info, list(described.variables))
     granule_times = [TimeRange.from_proto(g.temporal) for g in granules if g.HasField("temporal")]
     starts = sorted({t.start for t in granule_times if t.start is not None})
-    ends = [t.end or t.start for t in granule_times if (t.end or t.start) is not None]
+    ends = [end for t in granule_times if (end := t.end or t.start) is not None]
     default_time = f"{_iso(starts[0])}/{_iso(max(ends))}" if starts and ends else ""
     bbox = (info.bbox.west, info.bbox.south, info.bbox.east, info.bbox.north) if info.HasField("bbox") else (-180.0, -90.0, 180.0, 90.0)
     tree = LayerTree(

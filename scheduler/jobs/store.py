@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack, cast
 
 from alembic import command
 from alembic.config import Config
@@ -51,6 +51,11 @@ from scheduler.jobs.states import (
     JobStatus,
     check_move,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection, CursorResult, Result
+    from sqlalchemy.dialects import postgresql, sqlite
+    from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 T = TypeVar("T")
@@ -111,7 +116,7 @@ class Lease:
     granule: bytes
     attempts: int
     data_request: bytes
-    service_match: bytes
+    service_match: bytes | None  # None only for direct-download jobs, which have no work items
 
 
 def _whole(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -374,7 +379,7 @@ class JobStore:
         """Retry the item later, or record the error (and fail the job unless it ignores errors)."""
         async with self._sessions.begin() as session:
             if retry_at is not None:
-                result = await session.execute(_held(owner, [item_id]).values(status="ready", lease_owner=None, next_attempt_at=retry_at))
+                result = _dml(await session.execute(_held(owner, [item_id]).values(status="ready", lease_owner=None, next_attempt_at=retry_at)))
                 return result.rowcount == 1
             job = await self._end_lease(session, owner, item_id, status="failed")
             if job is None:
@@ -477,7 +482,7 @@ class JobStore:
         if job_id is None:
             return None
         job = await session.scalar(select(JobRow).where(JobRow.job_id == job_id).with_for_update())
-        ended = await session.execute(_held(owner, [item_id]).values(status=status, lease_owner=None))
+        ended = _dml(await session.execute(_held(owner, [item_id]).values(status=status, lease_owner=None)))
         return job if ended.rowcount == 1 else None
 
 
@@ -488,6 +493,12 @@ def _held(owner: str, item_ids: Sequence[int]) -> Update:
     )
 
 
+def _dml(result: Result[Unpack[tuple[Any, ...]]]) -> CursorResult[Unpack[tuple[Any, ...]]]:
+    """An UPDATE's result, which has a rowcount: AsyncSession.execute is typed as returning a plain
+    Result for every statement, but for DML it returns a CursorResult (SQLAlchemy's docs say to cast)."""
+    return cast("CursorResult[Unpack[tuple[Any, ...]]]", result)
+
+
 def _link_values(job_id: str, link: NewLink) -> dict[str, object]:
     return dict(
         job_id=job_id, href=link.href, title=link.title, type=link.type,
@@ -495,9 +506,9 @@ def _link_values(job_id: str, link: NewLink) -> dict[str, object]:
     )
 
 
-def _insert(session: AsyncSession, table: type[Base]):  # type: ignore[no-untyped-def]
+def _insert(session: AsyncSession, table: type[Base]) -> postgresql.Insert | sqlite.Insert:
     """INSERT with ON CONFLICT support, in the session's dialect."""
-    dialect = session.bind.dialect.name
+    dialect = session.get_bind().dialect.name
     return (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
 
 
@@ -511,8 +522,8 @@ async def _cancel_open_items(session: AsyncSession, job_id: str) -> None:
 
 def _set_status(job: JobRow, status: JobStatus, message: str | None = None) -> None:
     job.status = status.value
-    keeps_custom = status in (JobStatus.RUNNING, JobStatus.SUCCESSFUL) and job.custom_message
-    job.message = message or (job.custom_message if keeps_custom else DEFAULT_MESSAGES[status])
+    custom = job.custom_message if status in (JobStatus.RUNNING, JobStatus.SUCCESSFUL) else None
+    job.message = message or custom or DEFAULT_MESSAGES[status]
     if status in (JobStatus.SUCCESSFUL, JobStatus.COMPLETE_WITH_ERRORS):
         job.progress = 100
     job.updated_at = utcnow()
@@ -571,8 +582,9 @@ def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
     """SQLite: WAL for concurrent readers, and BEGIN IMMEDIATE so read-then-write transactions
     from several connections queue for the lock instead of failing with "database is locked"."""
 
+    # dbapi_connection: the driver's connection as SQLAlchemy adapts it (aiosqlite's, here).
     @event.listens_for(engine.sync_engine, "connect")
-    def on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         dbapi_connection.isolation_level = None  # transactions are begun below, not by the driver
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -581,5 +593,5 @@ def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
-    def on_begin(connection) -> None:  # type: ignore[no-untyped-def]
+    def on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,8 +1,8 @@
 """Staging in S3-compatible object storage: every scheduler and edge, on any host, reaches every output.
 
-An output streams in as a multipart upload, one part in memory at a time (an output smaller than a
-part is one PUT), and becomes visible only when the upload completes; a failed one is aborted.
-boto3 blocks, so every call runs on a thread.
+An output streams in as a multipart upload, a part uploading while the next fills (an output smaller
+than a part is one PUT), and becomes visible only when the upload completes; a failed one is
+aborted. boto3 blocks, so every call runs on a thread.
 """
 
 from __future__ import annotations
@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from geomesh.errors import NotFoundError, RequestValidationError
 from geomesh.s3 import S3Clients, s3_errors, split_s3_url
 from scheduler.staging import StagedKey
 
-# S3's smallest part (but the last) is 5 MiB; 8 MiB bounds memory per output being staged.
+# S3's smallest part (but the last) is 5 MiB. Memory per output being staged is bounded by
+# (PARTS_IN_FLIGHT + 1) parts: 24 MiB.
 PART_BYTES = 8 * 1024 * 1024
+PARTS_IN_FLIGHT = 2
 CHUNK_BYTES = 256 * 1024
 _DELETE_BATCH = 1000  # DeleteObjects takes at most this many keys
 
@@ -29,6 +31,7 @@ class _MultipartWriter:
         self._buffer = bytearray()
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
+        self._uploading: list[asyncio.Task[None]] = []
         self.size = 0
 
     async def write(self, data: bytes) -> None:
@@ -40,17 +43,31 @@ class _MultipartWriter:
             await self._upload(part)
 
     async def _upload(self, part: bytes) -> None:
+        """Start uploading the next part, once fewer than PARTS_IN_FLIGHT are still going."""
         if self._upload_id is None:
             started = await asyncio.to_thread(
                 self._client.create_multipart_upload, Bucket=self._bucket, Key=self._key, ContentType=self._media_type
             )
             self._upload_id = started["UploadId"]
-        number = len(self._parts) + 1
+        while len(self._uploading) >= PARTS_IN_FLIGHT:
+            await self._uploading.pop(0)
+        number = len(self._parts) + len(self._uploading) + 1
+        self._uploading.append(asyncio.create_task(self._upload_part(self._upload_id, number, part)))
+
+    async def _upload_part(self, upload_id: str, number: int, part: bytes) -> None:
         uploaded = await asyncio.to_thread(
             self._client.upload_part,
-            Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, PartNumber=number, Body=part,
+            Bucket=self._bucket, Key=self._key, UploadId=upload_id, PartNumber=number, Body=part,
         )
         self._parts.append({"ETag": uploaded["ETag"], "PartNumber": number})
+
+    async def _settle(self) -> None:
+        """Wait for every part still uploading (raising the first failure)."""
+        uploading, self._uploading = self._uploading, []
+        results = await asyncio.gather(*uploading, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def complete(self) -> None:
         if self._upload_id is None:
@@ -61,12 +78,16 @@ class _MultipartWriter:
             return
         if self._buffer:
             await self._upload(bytes(self._buffer))
+        await self._settle()
+        parts = sorted(self._parts, key=lambda part: part["PartNumber"])
         await asyncio.to_thread(
             self._client.complete_multipart_upload,
-            Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, MultipartUpload={"Parts": self._parts},
+            Bucket=self._bucket, Key=self._key, UploadId=self._upload_id, MultipartUpload={"Parts": parts},
         )
 
     async def abort(self) -> None:
+        with suppress(Exception):  # a part that failed is why we abort
+            await self._settle()
         if self._upload_id is not None:
             await asyncio.to_thread(
                 self._client.abort_multipart_upload, Bucket=self._bucket, Key=self._key, UploadId=self._upload_id

@@ -127,7 +127,7 @@ async def test_listing_paging_and_bulk_status(mesh: Mesh) -> None:
     job = await wait_for(mesh, ids[0])
     page2 = (await call("GET", f"{mesh.url}/jobs/{ids[0]}?page=2&limit=1")).json()
     data = [link for link in page2["links"] if link["rel"] == "data"]
-    assert len(data) == 1 and data[0] not in [l for l in job["links"] if l["rel"] == "data"][:1]
+    assert len(data) == 1 and data[0] not in [link for link in job["links"] if link["rel"] == "data"][:1]
     assert {link["rel"] for link in page2["links"]} >= {"first", "prev", "self"}
 
     unknown = "00000000-0000-4000-8000-000000000000"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 import rasterio
@@ -57,17 +58,17 @@ def encode(canvas: Canvas, media_type: str, crs_wkt: str, transform: Affine) -> 
         return _png(canvas)
     bands = canvas.pixels.transpose(2, 0, 1)
     if media_type == JPEG:
-        return _gdal("JPEG", bands[:3], crs_wkt, transform, quality=_JPEG_QUALITY)
+        return _gdal("JPEG", bands[:3], crs_wkt, transform, options={"quality": _JPEG_QUALITY})
     if media_type == GIF:
         indexes, colours = _quantize(canvas.pixels)
         nodata = _GIF_TRANSPARENT if canvas.has_alpha else None
         return _gdal("GIF", indexes[None], crs_wkt, transform, colormap=colours, nodata=nodata)
     if media_type == TIFF:
         interpretation = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
-        options = {"photometric": "RGB", "compress": "deflate", "zlevel": 1}
+        options: dict[str, object] = {"photometric": "RGB", "compress": "deflate", "zlevel": 1}
         if canvas.has_alpha:
             options["alpha"] = "YES"
-        return _gdal("GTiff", bands, crs_wkt, transform, interpretation=interpretation[: len(bands)], **options)
+        return _gdal("GTiff", bands, crs_wkt, transform, interpretation=interpretation[: len(bands)], options=options)
     raise ValueError(f"no encoder for {media_type}")
 
 
@@ -75,7 +76,7 @@ def _png(canvas: Canvas) -> bytes:
     height, width, channels = canvas.pixels.shape
     colour_type = 6 if channels == 4 else 2  # RGBA or RGB, 8 bits a sample
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    data = zlib.compress(canvas.scanlines, _PNG_LEVEL)
+    data = zlib.compress(canvas.scanlines.data, _PNG_LEVEL)  # .data: numpy types ndarray as a Buffer only from 3.12
     return b"".join((_PNG_SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", data), _chunk(b"IEND", b"")))
 
 
@@ -92,9 +93,9 @@ def _gdal(
     colormap: np.ndarray | None = None,
     nodata: int | None = None,
     interpretation: list[ColorInterp] | None = None,
-    **options: object,
+    options: Mapping[str, object] | None = None,
 ) -> bytes:
-    """Write bands with a GDAL driver in memory.
+    """Write bands with a GDAL driver in memory, options its creation options.
 
     Formats without georeferencing get it anyway: it keeps rasterio from warning about its
     absence, and with PAM off GDAL writes no sidecar for it.
@@ -103,7 +104,7 @@ def _gdal(
     with rasterio.Env(GDAL_PAM_ENABLED="NO"), MemoryFile() as memory:
         with memory.open(
             driver=driver, width=width, height=height, count=count, dtype="uint8",
-            crs=crs_wkt, transform=transform, nodata=nodata, **options,
+            crs=crs_wkt, transform=transform, nodata=nodata, **(options or {}),
         ) as dst:
             dst.write(bands)
             if interpretation is not None:
@@ -127,7 +128,7 @@ def _quantize(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     counted = bins[opaque]
     size = 1 << (3 * _GIF_BITS)
     counts = np.bincount(counted, minlength=size)
-    means = np.stack(
+    means: np.ndarray = np.stack(
         [np.bincount(counted, weights=pixels[..., channel][opaque], minlength=size) for channel in range(3)], axis=1
     )
     used = np.flatnonzero(counts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import rasterio
@@ -34,7 +35,7 @@ NAMES: dict[str, str] = {TIFF: "GeoTIFF", PNG: "PNG", GIF: "GIF", JPEG: "JPEG"}
 
 # (pixels, metadata source, bands, window, path): a warp's pixels come from a WarpedVRT, which
 # does not carry the source's dataset tags, so metadata is read from the source itself.
-Source = DatasetReader | WarpedVRT
+Source: TypeAlias = DatasetReader | WarpedVRT
 Writer = Callable[[Source, DatasetReader, list[int], Window, Path], None]
 
 # GeoTIFFs are copied in slabs of about this many bytes, so memory stays flat for large crops.

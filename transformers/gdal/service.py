@@ -23,7 +23,7 @@ from geomesh.errors import (
 from geomesh.model import optional_bbox
 from geomesh.settings import TransformerSettings
 from geomesh.shapes import parse_shape
-from geomesh.v1 import transformer_pb2
+from geomesh.v1 import transformer_pb2, types_pb2
 from transformers.gdal import encode
 from transformers.gdal.datasets import DatasetPool
 from transformers.gdal.grid import map_crs
@@ -77,7 +77,7 @@ def _refuse_unsupported(item: transformer_pb2.WorkItem) -> None:
         )
 
 
-def render_spec(request: transformer_pb2.RenderRequest, sources: Callable[[transformer_pb2.Granule], Source]) -> RenderSpec:
+def render_spec(request: transformer_pb2.RenderRequest, sources: Callable[[types_pb2.Granule], Source]) -> RenderSpec:
     """The RenderRequest in domain terms, checked: what needs the files (variable names) is checked later."""
     for name, size in (("width", request.width), ("height", request.height)):
         if not 1 <= size <= MAX_MAP_SIDE:
@@ -120,7 +120,7 @@ def render_spec(request: transformer_pb2.RenderRequest, sources: Callable[[trans
     )
 
 
-def sample_spec(request: transformer_pb2.SampleRequest, sources: Callable[[transformer_pb2.Granule], Source]) -> SampleSpec:
+def sample_spec(request: transformer_pb2.SampleRequest, sources: Callable[[types_pb2.Granule], Source]) -> SampleSpec:
     """The SampleRequest in domain terms, checked like a map's grid; the pixel must lie on the map."""
     for name, size in (("width", request.width), ("height", request.height)):
         if not 1 <= size <= MAX_MAP_SIDE:

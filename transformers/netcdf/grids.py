@@ -39,7 +39,7 @@ class Axes:
         return self.lat is not None and self.lon is not None
 
 
-def _is(variable: xr.DataArray, name: str, standard: str, units: set[str], names: set[str]) -> bool:
+def _is(variable: xr.Variable, name: str, standard: str, units: set[str], names: set[str]) -> bool:
     attrs = variable.attrs
     if attrs.get("standard_name") == standard:
         return True

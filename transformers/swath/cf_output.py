@@ -53,7 +53,7 @@ def write_netcdf(swath: Swath, grid: Grid, values: Mapping[str, np.ndarray], pat
             )
             for index, dim in enumerate(dims):
                 dataset.dims[index].attach_scale(nc[dim])
-            attrs = {"_FillValue": variable.output_fill}
+            attrs: dict[str, object] = {"_FillValue": variable.output_fill}
             attrs.update((k, v) for k, v in variable.attrs.items() if k not in ("_FillValue", "grid_mapping"))
             attrs["grid_mapping"] = mapping_name
             _set(dataset, attrs)

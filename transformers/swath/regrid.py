@@ -127,7 +127,7 @@ def regrid(swath: Swath, grid: Grid, resampling: Resampling) -> dict[str, np.nda
             for plane, variable in zip(destination, swath.variables, strict=True)}
 
 
-def _restore(plane: np.ndarray, dtype: np.dtype, fill: np.generic) -> np.ndarray:
+def _restore(plane: np.ndarray, dtype: np.dtype, fill: np.generic | np.ndarray) -> np.ndarray:
     """Back to the variable's dtype: integers rounded and clipped to their range, NaN to the fill value."""
     missing = np.isnan(plane)
     if np.issubdtype(dtype, np.integer):

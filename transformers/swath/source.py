@@ -33,8 +33,12 @@ class SwathVariable:
         return self.attrs.get("_FillValue")
 
     @property
-    def output_fill(self) -> np.generic:
-        """What fills regridded pixels the swath does not reach: its _FillValue, else NaN or 0."""
+    def output_fill(self) -> np.generic | np.ndarray:
+        """What fills regridded pixels the swath does not reach: its _FillValue, else NaN or 0.
+
+        The _FillValue in the variable's dtype as stored: a 1-element array when the file holds it as one
+        (netCDF-C writes it so), else a scalar.
+        """
         if self.fill_value is not None:
             return np.asarray(self.fill_value).astype(self.data.dtype)[()]
         return self.data.dtype.type(np.nan if np.issubdtype(self.data.dtype, np.floating) else 0)

@@ -49,7 +49,7 @@ def write_cog(swath: Swath, grid: Grid, values: Mapping[str, np.ndarray], path: 
             dst.update_tags(band, **tags)
 
 
-def _is_fill(plane: np.ndarray, fill: np.generic) -> np.ndarray:
+def _is_fill(plane: np.ndarray, fill: np.generic | np.ndarray) -> np.ndarray:
     return np.isnan(plane) if isinstance(fill, np.floating) and np.isnan(fill) else plane == fill
 
 
