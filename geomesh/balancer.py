@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from contextlib import suppress
+from contextlib import AbstractAsyncContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -154,19 +154,8 @@ class Balanced(Generic[Stub]):
         await asyncio.gather(*(entry.channel.close() for entry in self.entries))
 
 
-def _slot(entry: Entry[Any]) -> Any:
-    return entry.slots if entry.slots is not None else _NO_SLOT
-
-
-class _NoSlot:
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *_: object) -> None:
-        return None
-
-
-_NO_SLOT = _NoSlot()
+def _slot(entry: Entry[Any]) -> AbstractAsyncContextManager[Any]:
+    return entry.slots if entry.slots is not None else nullcontext()
 
 
 class _StreamCall:

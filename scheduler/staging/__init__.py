@@ -133,7 +133,13 @@ class Stagings:
         if destination_url not in self._destinations:
             if not destination_url.lower().startswith("s3://"):
                 raise RequestValidationError(f"Invalid destinationUrl '{destination_url}', must start with s3://")
-            self._destinations[destination_url] = open_staging(destination_url, self._s3)
+            destination = open_staging(destination_url, self._s3)
+            if getattr(destination, "bucket", None) == getattr(self.default, "bucket", ""):
+                raise RequestValidationError(
+                    f"Invalid destinationUrl '{destination_url}': that bucket holds geomesh's own staging; "
+                    "give a bucket of your own."
+                )
+            self._destinations[destination_url] = destination
             while len(self._destinations) > _DESTINATIONS:
                 self._destinations.popitem(last=False)
         self._destinations.move_to_end(destination_url)

@@ -123,8 +123,8 @@ async def test_presigned_urls_use_the_endpoint_clients_reach(s3: S3Server) -> No
 
 
 async def test_a_destination_geomesh_cannot_write_to_is_refused_with_the_reason(s3: S3Server) -> None:
-    writable = new_bucket(s3)
-    stagings = Stagings(open_staging(f"s3://{writable}", S3Clients(s3_settings(s3))), S3Clients(s3_settings(s3)))
+    writable, own = new_bucket(s3), new_bucket(s3)
+    stagings = Stagings(open_staging(f"s3://{own}/staging", S3Clients(s3_settings(s3))), S3Clients(s3_settings(s3)))
     await stagings.for_destination(f"s3://{writable}/mine").check_writable()
     with pytest.raises(RequestValidationError, match=f"The specified bucket 'no-such-{writable}' does not exist"):
         await stagings.for_destination(f"s3://no-such-{writable}/x").check_writable()
@@ -135,4 +135,6 @@ async def test_a_destination_geomesh_cannot_write_to_is_refused_with_the_reason(
         await Stagings(stagings.default, readonly).for_destination(f"s3://{s3.readonly_bucket}/out").check_writable()
     with pytest.raises(RequestValidationError, match="must start with s3://"):
         stagings.for_destination("gs://bucket/x")
+    with pytest.raises(RequestValidationError, match="that bucket holds geomesh's own staging"):
+        stagings.for_destination(f"s3://{own}/elsewhere")
     assert stagings.for_destination("") is stagings.default
