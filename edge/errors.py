@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
@@ -26,6 +27,8 @@ def error_response(error: GeomeshError) -> web.Response:
     response = web.json_response(error.to_json(), status=error.http_status)
     if isinstance(error, UnauthorizedError):
         response.headers["WWW-Authenticate"] = CHALLENGE
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return response
 
 

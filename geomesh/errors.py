@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
-# gRPC trailing metadata key naming the error class, so a client can rebuild the same error.
+log = logging.getLogger(__name__)
+
+# gRPC trailing metadata: the error class, so a client rebuilds the same error, whether trying
+# again later may succeed, and when (for callers that do not read the class, e.g. in other languages).
 ERROR_KIND_KEY = "geomesh-error-kind"
+RETRY_KEY = "geomesh-retry"  # "transient" or "permanent"
+RETRY_AFTER_KEY = "geomesh-retry-after"  # seconds
 
 
 class GeomeshError(Exception):
-    """Base of every error a user may see. The message says what is wrong and how to fix it."""
+    """Base of every error a user may see. The message says what is wrong and how to fix it.
+
+    `transient` errors (a service or data host unavailable, slow or overloaded) may pass when tried
+    again later, after `retry_after` seconds if given; every other error is permanent: the same
+    request fails the same way, so it is never retried.
+    """
 
     http_status = 500
     grpc_status = grpc.StatusCode.INTERNAL
     ogc_code = "harmony.ServerError"
     wms_code = "NoApplicableCode"
+    transient = False
+    default_retry_after: float | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after = retry_after if retry_after is not None else self.default_retry_after
 
     @property
     def description(self) -> str:
@@ -83,10 +98,22 @@ class UnsupportedOperationError(GeomeshError):
     ogc_code = "harmony.UnsupportedOperation"
 
 
+class TooManyRequestsError(GeomeshError):
+    """More requests than geomesh admits at once (from this user, or in all): try again shortly."""
+
+    http_status = 429
+    grpc_status = grpc.StatusCode.RESOURCE_EXHAUSTED
+    ogc_code = "harmony.TooManyRequestsError"
+    transient = True
+    default_retry_after = 1.0
+
+
 class ServiceUnavailableError(GeomeshError):
     http_status = 503
     grpc_status = grpc.StatusCode.UNAVAILABLE
     ogc_code = "harmony.ServiceUnavailableError"
+    transient = True
+    default_retry_after = 5.0
 
 
 class BadGatewayError(GeomeshError):
@@ -95,6 +122,7 @@ class BadGatewayError(GeomeshError):
     http_status = 502
     grpc_status = grpc.StatusCode.UNAVAILABLE
     ogc_code = "harmony.ServerError"
+    transient = True
 
 
 class GatewayTimeoutError(GeomeshError):
@@ -103,6 +131,7 @@ class GatewayTimeoutError(GeomeshError):
     http_status = 504
     grpc_status = grpc.StatusCode.DEADLINE_EXCEEDED
     ogc_code = "harmony.ServerError"
+    transient = True
 
 
 class TransformError(GeomeshError):
@@ -125,6 +154,7 @@ _KINDS: dict[str, type[GeomeshError]] = {
         GoneError,
         PayloadTooLargeError,
         UnsupportedOperationError,
+        TooManyRequestsError,
         ServiceUnavailableError,
         BadGatewayError,
         GatewayTimeoutError,
@@ -142,18 +172,26 @@ _BY_GRPC_STATUS: dict[grpc.StatusCode, type[GeomeshError]] = {
 
 
 def grpc_trailers(error: GeomeshError) -> tuple[tuple[str, str], ...]:
-    return ((ERROR_KIND_KEY, type(error).__name__),)
+    trailers = [(ERROR_KIND_KEY, type(error).__name__), (RETRY_KEY, "transient" if error.transient else "permanent")]
+    if error.retry_after is not None:
+        trailers.append((RETRY_AFTER_KEY, f"{error.retry_after:g}"))
+    return tuple(trailers)
 
 
 def from_rpc_error(error: grpc.RpcError) -> GeomeshError:
-    """Rebuild the GeomeshError a peer raised (or the closest one for a transport failure)."""
+    """Rebuild the GeomeshError a peer raised (or the closest one for a transport failure).
+
+    A transport failure's details name internal addresses: they are logged, never passed on.
+    """
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = (error.details() if hasattr(error, "details") else None) or str(code)
-    trailers = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
-    kind = dict(trailers or ()).get(ERROR_KIND_KEY)
+    trailers = dict((error.trailing_metadata() if hasattr(error, "trailing_metadata") else None) or ())
+    kind = trailers.get(ERROR_KIND_KEY)
     if kind in _KINDS:
-        return _KINDS[kind](details)
+        retry_after = trailers.get(RETRY_AFTER_KEY)
+        return _KINDS[kind](details, retry_after=float(retry_after) if retry_after else None)
     cls = _BY_GRPC_STATUS.get(code, GeomeshError)
     if cls is ServiceUnavailableError:
-        return cls(f"A geomesh service is unavailable ({code.name.lower()}): {details}. Try again shortly.")
+        log.warning("a geomesh service did not answer (%s): %s", code.name, details)
+        return cls("A geomesh service is unavailable right now; try again shortly.")
     return cls(details)
