@@ -204,6 +204,9 @@ async def serve(settings: CatalogSettings, backend: CatalogBackend | None = None
         host=settings.host,
         port=settings.port,
         metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
+        identity="catalog",
+        mesh=settings.mesh,
     )
     running.on_stop.append(backend.close)
     return running

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -21,7 +22,7 @@ from edge.api import (
     wms,
 )
 from edge.clients import SETTINGS, grpc_clients
-from edge.errors import error_middleware
+from edge.errors import CLIENT_CLOSED_REQUEST, client_gone, error_middleware
 from geomesh.metrics import HTTP_HANDLED, HTTP_SECONDS
 from geomesh.settings import EdgeSettings
 
@@ -34,8 +35,15 @@ async def metrics_middleware(
     status = 500
     try:
         response = await handler(request)
-        status = response.status
+        # An answer not yet sent to a client already gone is counted as the client's doing (499).
+        status = CLIENT_CLOSED_REQUEST if not response.prepared and client_gone(request) else response.status
         return response
+    except web.HTTPException as error:  # redirects (303 to a job, 302 after an action) are raised
+        status = error.status
+        raise
+    except asyncio.CancelledError:  # the handler was cancelled: its client left, or the edge is stopping
+        status = CLIENT_CLOSED_REQUEST
+        raise
     finally:
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
         HTTP_HANDLED.labels(route, request.method, str(status)).inc()
@@ -47,8 +55,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_app(settings: EdgeSettings) -> web.Application:
-    # Errors are rendered inside the metrics middleware, so failures are counted with their real status.
-    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=16 * 1024 * 1024)
+    # Errors are rendered inside the metrics middleware, so failures are counted with their real status;
+    # callers are authenticated (auth.middleware) before any handler runs or any body is read.
+    app = web.Application(middlewares=[metrics_middleware, error_middleware, auth.middleware], client_max_size=16 * 1024 * 1024)
     app[SETTINGS] = settings
     auth.install(app)
     wms.install(app)
@@ -56,7 +65,7 @@ def create_app(settings: EdgeSettings) -> web.Application:
     app.router.add_get("/metrics", metrics)
     # The rangeset route must come before /collections/{id}, whose pattern would also match it.
     for module in (coverages, downloads, jobs, stac, wms, openapi, capabilities, landing, collections):
-        app.add_routes(module.routes)
+        app.add_routes(auth.checked(module.routes))
     return app
 
 

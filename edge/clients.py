@@ -8,7 +8,7 @@ from typing import cast
 
 from aiohttp import web
 
-from geomesh.balancer import BalancedStub
+from geomesh.balancer import BalancedStub, Deadlines
 from geomesh.settings import EdgeSettings
 from geomesh.v1 import catalog_pb2_grpc, scheduler_pb2_grpc
 
@@ -30,8 +30,10 @@ async def grpc_clients(app: web.Application) -> AsyncIterator[None]:
     skip one that is down, so the edge answers while any is up.
     """
     settings = app[SETTINGS]
-    scheduler = BalancedStub(scheduler_pb2_grpc.SchedulerStub, settings.scheduler_address)
-    catalog = BalancedStub(catalog_pb2_grpc.CatalogStub, settings.catalog_address)
+    credentials = settings.mesh.credentials("edge")
+    deadlines = Deadlines(unary=settings.rpc_timeout_seconds, stream=settings.stream_timeout_seconds)
+    scheduler = BalancedStub(scheduler_pb2_grpc.SchedulerStub, settings.scheduler_address, credentials, "scheduler", deadlines)
+    catalog = BalancedStub(catalog_pb2_grpc.CatalogStub, settings.catalog_address, credentials, "catalog", deadlines)
     app[CLIENTS] = Clients(cast(scheduler_pb2_grpc.SchedulerStub, scheduler), cast(catalog_pb2_grpc.CatalogStub, catalog))
     yield
     await scheduler.close()

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from edge.auth import CHALLENGE
 from geomesh.errors import (
     GeomeshError,
     NotFoundError,
@@ -21,6 +20,19 @@ from geomesh.errors import (
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The status a request is counted with when its client went away before the answer was sent
+# (nginx's "client closed request"); no client ever sees it.
+CLIENT_CLOSED_REQUEST = 499
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether the client's connection is closed (or closing), so nothing more can reach it."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+# The WWW-Authenticate value of a 401: the two schemes a client may use.
+CHALLENGE = 'Bearer realm="geomesh", Basic realm="geomesh"'
 
 
 def error_response(error: GeomeshError) -> web.Response:
@@ -65,8 +77,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 {"code": "harmony.HttpError", "description": f"Error: {error.reason}"}, status=error.status
             )
         raise
+    except ConnectionError:  # aiohttp's writes raise ConnectionResetError, or ConnectionError while draining
+        if not client_gone(request):
+            return _unexpected(request)
+        # Not an error of ours: a client that disconnects, mid-download or before the answer.
+        log.info("the client left before %s %s was answered", request.method, request.path)
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except Exception:
-        log.exception("unexpected error answering %s %s", request.method, request.path_qs)
-        return web.json_response(
-            {"code": "harmony.ServerError", "description": "Error: Internal server error"}, status=500
-        )
+        return _unexpected(request)
+
+
+def _unexpected(request: web.Request) -> web.Response:
+    """The exception being handled, logged with its traceback, as a 500 that tells nothing of it."""
+    log.exception("unexpected error answering %s %s", request.method, request.path_qs)
+    return web.json_response(
+        {"code": "harmony.ServerError", "description": "Error: Internal server error"}, status=500
+    )

@@ -34,6 +34,14 @@ INTERPOLATIONS = (
 MAX_SIDE = 32768
 _SUBSET = re.compile(r"^\s*(?P<dim>[A-Za-z_][\w.-]*)\s*\((?P<body>.*)\)\s*$", re.S)
 _BOOLEANS = {"true": True, "false": False}
+# What to send instead of an empty value, for the parameters that may not be empty.
+_EMPTY_FIXES = {
+    "granuleId": "give one or more granule concept ids (comma-separated), or leave the parameter out to use every granule",
+    "granuleName": "give one or more granule names (comma-separated, * and ? as wildcards), or leave the parameter out",
+    "variable": "name one or more variables (comma-separated), or put them in the path instead of parameter_vars",
+    "subset": "use dimension(min:max), e.g. lat(-45.75:-9), lon(110:156) or time(\"2020-01-01T00:00:00Z\":*), "
+    "or leave the parameter out",
+}
 # lat/lon subsets are read as WGS84 degrees; these are the ways to say so.
 _WGS84 = {
     "epsg:4326", "crs:84", "crs84", "http://www.opengis.net/def/crs/epsg/0/4326",
@@ -65,6 +73,13 @@ class RangesetParameters:
         """Every value of a repeatable, comma-separable parameter."""
         return [part.strip() for value in self.values.get(name, []) for part in value.split(",") if part.strip()]
 
+    def refuse_empty(self, name: str, fix: str) -> None:
+        """A parameter given with nothing in it: a client that meant some value and lost it, which
+        must not silently become no value (e.g. `granuleId=` a job over the whole collection)."""
+        for value in self.values.get(name, []):
+            if not value.replace(",", "").strip():
+                raise RequestValidationError(f'query parameter "{name}" is given with an empty value: {fix}')
+
     def single(self, name: str) -> str | None:
         given = self.values.get(name, [])
         if len(given) > 1:
@@ -75,6 +90,8 @@ class RangesetParameters:
 def build_request(params: RangesetParameters, collection: str, variable_path: str) -> request_pb2.DataRequest:
     """Validate every parameter and build the DataRequest (user and ids are set by the caller)."""
     request = request_pb2.DataRequest(collection=collection)
+    for name, fix in _EMPTY_FIXES.items():
+        params.refuse_empty(name, fix)
     request.variables.extend(_variables(variable_path, params))
     request.granule_ids.extend(params.listed("granuleId"))
     request.granule_names.extend(params.listed("granuleName"))

@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from geomesh.errors import ERROR_KIND_KEY, ServiceUnavailableError
+from geomesh.identity import Credentials
 
 # Large enough for one shape upload or a generous output chunk; chunks themselves stay small.
 MESSAGE_LIMIT = 64 * 1024 * 1024
@@ -50,6 +51,10 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.service_config", _SERVICE_CONFIG),
     # A DNS name is resolved again this often at most: new replicas join without a restart.
     ("grpc.dns_min_time_between_resolutions_ms", 5_000),
+    # A restarted service is found again within about two seconds (gRPC waits up to 120 s by default).
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
 
@@ -65,9 +70,23 @@ def targets(addresses: str | Sequence[str]) -> list[str]:
     return [entry if entry.startswith(_SCHEMES) else f"dns:///{entry}" for entry in found]
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    """One channel to one target, balancing round-robin over the addresses the target resolves to."""
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+@dataclass(frozen=True)
+class Deadlines:
+    """How long a call may take unless it says otherwise: unary calls, and streams (a whole output)."""
+
+    unary: float = 30.0
+    stream: float = 900.0
+
+
+def open_channel(target: str, credentials: Credentials, peer: str) -> grpc.aio.Channel:
+    """One channel to the `peer` service at one target, balancing round-robin over the addresses the
+    target resolves to, proving this process's identity as the mesh settings say."""
+    options = CHANNEL_OPTIONS + credentials.channel_options(peer)
+    interceptors = credentials.interceptors() or None
+    channel_credentials = credentials.channel_credentials()
+    if channel_credentials is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, channel_credentials, options=options, interceptors=interceptors)
 
 
 def unreachable(error: grpc.RpcError) -> bool:
@@ -90,22 +109,36 @@ class Entry(Generic[Stub]):
         return self.channel.get_state(try_to_connect=False) != grpc.ChannelConnectivity.TRANSIENT_FAILURE
 
 
-def entry(make_stub: Callable[[grpc.aio.Channel], Stub], target: str, concurrency: int | None = None) -> Entry[Stub]:
-    channel = open_channel(target)
+def entry(
+    make_stub: Callable[[grpc.aio.Channel], Stub],
+    target: str,
+    credentials: Credentials,
+    peer: str,
+    concurrency: int | None = None,
+) -> Entry[Stub]:
+    channel = open_channel(target, credentials, peer)
     return Entry(target, channel, make_stub(channel), asyncio.Semaphore(concurrency) if concurrency else None)
 
 
 class Balanced(Generic[Stub]):
-    """One stub's methods over several entries, in turn, with failover."""
+    """One stub's methods over several entries, in turn, with failover; every call with a deadline."""
 
-    def __init__(self, entries: Sequence[Entry[Stub]]) -> None:
+    def __init__(self, entries: Sequence[Entry[Stub]], deadlines: Deadlines = Deadlines()) -> None:
         self.entries = list(entries)
         self.targets = [e.target for e in self.entries]
+        self.deadlines = deadlines
         self._turn = itertools.count()
 
     @classmethod
-    def of(cls, make_stub: Callable[[grpc.aio.Channel], Stub], addresses: str | Sequence[str]) -> Balanced[Stub]:
-        return cls([entry(make_stub, target) for target in targets(addresses)])
+    def of(
+        cls,
+        make_stub: Callable[[grpc.aio.Channel], Stub],
+        addresses: str | Sequence[str],
+        credentials: Credentials,
+        peer: str,
+        deadlines: Deadlines = Deadlines(),
+    ) -> Balanced[Stub]:
+        return cls([entry(make_stub, target, credentials, peer) for target in targets(addresses)], deadlines)
 
     def order(self) -> list[Entry[Stub]]:
         """Every entry, starting from the next in turn; those known to be failing last, still tried."""
@@ -115,6 +148,7 @@ class Balanced(Generic[Stub]):
 
     async def unary(self, method: str, request: Any, **kwargs: Any) -> Any:
         """`stub.method(request)` on the first entry that can be reached."""
+        kwargs.setdefault("timeout", self.deadlines.unary)
         last: grpc.RpcError | None = None
         for entry in self.order():
             async with _slot(entry):
@@ -128,6 +162,7 @@ class Balanced(Generic[Stub]):
 
     async def stream(self, method: str, request: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
         """The messages of `stub.method(request)`; another entry is tried only if nothing was received yet."""
+        kwargs.setdefault("timeout", self.deadlines.stream)
         last: grpc.RpcError | None = None
         for entry in self.order():
             async with _slot(entry):
@@ -184,8 +219,15 @@ class BalancedStub:
     Unary methods are awaited as usual; streaming ones are iterated and may be cancelled.
     """
 
-    def __init__(self, make_stub: Callable[[grpc.aio.Channel], Any], addresses: str | Sequence[str]) -> None:
-        self.balanced: Balanced[Any] = Balanced.of(make_stub, addresses)
+    def __init__(
+        self,
+        make_stub: Callable[[grpc.aio.Channel], Any],
+        addresses: str | Sequence[str],
+        credentials: Credentials,
+        peer: str,
+        deadlines: Deadlines = Deadlines(),
+    ) -> None:
+        self.balanced: Balanced[Any] = Balanced.of(make_stub, addresses, credentials, peer, deadlines)
         self._kinds: dict[str, bool] = {}
 
     def __getattr__(self, method: str) -> Callable[..., Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from geomesh import jobs_cli
+from geomesh import jobs_cli, users_cli
 from geomesh.settings import TRANSFORMER_FAMILIES
 
 SERVICES = ("catalog", "transformer", "scheduler", "edge")
@@ -30,6 +30,7 @@ main.add_command(jobs_cli.jobs_command)
 main.add_command(jobs_cli.status_command)
 main.add_command(jobs_cli.wait_command)
 main.add_command(jobs_cli.download_command)
+main.add_command(users_cli.users_command)
 
 
 @main.command()
@@ -103,45 +104,83 @@ class _Ports:
 
 
 def _environments(ports: _Ports, data_dir: Path) -> dict[str, dict[str, str]]:
-    host = ports.host
+    """Each service's settings. Only the edge listens on `--host`: the gRPC services and their
+    metrics stay on loopback, proving who they are to each other with the mesh's certificates."""
+    host, loopback = ports.host, "127.0.0.1"
     metrics = {name: ports.metrics + i for i, name in enumerate(ports.grpc)}
+    mesh = _mesh_environment(data_dir)
     transformers = {
         f"transformer-{family}": {
+            **mesh,
             "GEOMESH_TRANSFORMER_FAMILY": family,
-            "GEOMESH_TRANSFORMER_HOST": host,
+            "GEOMESH_TRANSFORMER_HOST": loopback,
             "GEOMESH_TRANSFORMER_PORT": str(port),
             "GEOMESH_TRANSFORMER_METRICS_PORT": str(metrics[f"transformer-{family}"]),
+            # The demo's granules, and nothing else on this machine.
+            "GEOMESH_TRANSFORMER_ALLOWED_URLS": os.environ.get(
+                "GEOMESH_TRANSFORMER_ALLOWED_URLS", (data_dir / "granules").resolve().as_uri() + "/"
+            ),
         }
         for family, port in ports.transformers.items()
     }
     return {
         "catalog": {
-            "GEOMESH_CATALOG_HOST": host,
+            **mesh,
+            "GEOMESH_CATALOG_HOST": loopback,
             "GEOMESH_CATALOG_PORT": str(ports.catalog),
             "GEOMESH_CATALOG_METRICS_PORT": str(metrics["catalog"]),
             "GEOMESH_CATALOG_DATA_DIR": str(data_dir),
             # read by services.yml
-            **{f"GEOMESH_{family.upper()}_ADDRESSES": f"{host}:{port}" for family, port in ports.transformers.items()},
+            **{f"GEOMESH_{family.upper()}_ADDRESSES": f"{loopback}:{port}" for family, port in ports.transformers.items()},
         },
         **transformers,
         "scheduler": {
-            "GEOMESH_SCHEDULER_HOST": host,
+            **mesh,
+            "GEOMESH_SCHEDULER_HOST": loopback,
             "GEOMESH_SCHEDULER_PORT": str(ports.scheduler),
             "GEOMESH_SCHEDULER_METRICS_PORT": str(metrics["scheduler"]),
-            "GEOMESH_SCHEDULER_CATALOG_ADDRESS": f"{host}:{ports.catalog}",
+            "GEOMESH_SCHEDULER_CATALOG_ADDRESS": f"{loopback}:{ports.catalog}",
             "GEOMESH_SCHEDULER_DATA_DIR": str(data_dir),
         },
         "edge": {
+            **mesh,
             "GEOMESH_EDGE_HOST": host,
             "GEOMESH_EDGE_PORT": str(ports.edge),
-            "GEOMESH_EDGE_SCHEDULER_ADDRESS": f"{host}:{ports.scheduler}",
-            "GEOMESH_EDGE_CATALOG_ADDRESS": f"{host}:{ports.catalog}",
+            "GEOMESH_EDGE_SCHEDULER_ADDRESS": f"{loopback}:{ports.scheduler}",
+            "GEOMESH_EDGE_CATALOG_ADDRESS": f"{loopback}:{ports.catalog}",
         },
     }
 
 
+def _mesh_environment(data_dir: Path) -> dict[str, str]:
+    """Mutual TLS between the services, with certificates made in the data folder on first use;
+    GEOMESH_MESH_* settings already in the environment take precedence."""
+    if any(key.startswith("GEOMESH_MESH_") for key in os.environ):
+        return {}
+    from geomesh.identity import SERVICES, make_certificates
+
+    folder = (data_dir / "certs").resolve()
+    if not all((folder / f"{identity}.pem").exists() for identity in SERVICES):
+        make_certificates(folder)
+    return {"GEOMESH_MESH_TLS_DIR": str(folder)}
+
+
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address every service binds to.")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--identity", "identities", multiple=True, help="A certificate for this identity (repeat); default: every service.")
+@click.option("--days", default=3650, show_default=True, help="How long the certificates are valid.")
+def certs(folder: Path, identities: tuple[str, ...], days: int) -> None:
+    """Make the mesh's CA in FOLDER (kept if there) and a certificate per identity, for mutual TLS
+    between the services (GEOMESH_MESH_TLS_DIR=FOLDER). A tool that calls a service directly gets one
+    of its own, e.g. --identity ops, allowed by GEOMESH_MESH_EXTRA_CALLERS='{"scheduler": ["ops"]}'."""
+    from geomesh.identity import SERVICES, make_certificates
+
+    for path in make_certificates(folder, identities or SERVICES, days):
+        click.echo(path)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the edge binds to (the other services stay on loopback).")
 @click.option("--port", "edge_port", default=3000, show_default=True, help="HTTP port of the edge.")
 @click.option("--scheduler-port", default=50051, show_default=True)
 @click.option("--catalog-port", default=50052, show_default=True)
@@ -160,7 +199,8 @@ def up(
     ensure_demo(data_dir)
     ports = _Ports(host, edge_port, scheduler_port, catalog_port, transformer_port, metrics_port)
     environments = _environments(ports, data_dir)
-    children: dict[str, subprocess.Popen[bytes]] = {}
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s up %(levelname)s: %(message)s")
+    services: dict[str, _Supervised] = {}
     stopping = False
 
     def stop(*_: object) -> None:
@@ -171,10 +211,8 @@ def up(
     signal.signal(signal.SIGINT, stop)
     try:
         for name, environment in environments.items():
-            service = name.split("-", 1)[0]  # transformer-gdal -> transformer
-            env = {**os.environ, **environment}
-            children[name] = subprocess.Popen([sys.executable, "-m", "geomesh.cli", "serve", service], env=env)
-        _wait_until_ready(ports, children)
+            services[name] = _Supervised(name, environment)
+        _wait_until_ready(ports, {name: service.process for name, service in services.items()})
         click.echo(
             f"geomesh is up:\n"
             f"  edge        http://{host}:{ports.edge}/  (try http://{host}:{ports.edge}/C1233800302-EEDTEST/ogc-api-coverages/1.0.0/)\n"
@@ -185,13 +223,68 @@ def up(
             + "".join(f"  transformer {host}:{port} (gRPC, {family})\n" for family, port in ports.transformers.items())
             + "press Ctrl-C to stop"
         )
+        # Supervision: a service that dies is started again, the others keep serving meanwhile.
         while not stopping:
-            exited = [name for name, child in children.items() if child.poll() is not None]
-            if exited:
-                raise click.ClickException(f"{', '.join(exited)} stopped unexpectedly; stopping the others")
+            now = time.monotonic()
+            for service in services.values():
+                service.supervise(now)
             time.sleep(0.2)
     finally:
-        _stop_all(children)
+        _stop_all({name: service.process for name, service in services.items()})
+
+
+# A service that dies under `geomesh up` is started again after RESTART_DELAY, doubled at each
+# restart in a row up to MAX_RESTART_DELAY; one that stayed up STABLE_SECONDS counts from the start.
+RESTART_DELAY = 0.5
+MAX_RESTART_DELAY = 30.0
+STABLE_SECONDS = 60.0
+
+
+class _Supervised:
+    """One process of `geomesh up` (a service), restarted with exponential backoff whenever it dies."""
+
+    def __init__(self, name: str, environment: dict[str, str]) -> None:
+        self.name = name
+        self.environment = environment
+        self.restarts = 0  # in a row
+        self.due: float | None = None  # when a process that died is started again
+        self.started = time.monotonic()
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        self.started = time.monotonic()
+        service = self.name.split("-", 1)[0]  # transformer-gdal -> transformer
+        env = {**os.environ, **self.environment}
+        return subprocess.Popen([sys.executable, "-m", "geomesh.cli", "serve", service], env=env)
+
+    def supervise(self, now: float) -> None:
+        """Notice that the process died (and say so), or start it again once its delay is over."""
+        if self.due is None:
+            code = self.process.poll()
+            if code is None:
+                return
+            if now - self.started >= STABLE_SECONDS:
+                self.restarts = 0
+            delay = min(RESTART_DELAY * 2 ** min(self.restarts, 16), MAX_RESTART_DELAY)
+            self.restarts += 1
+            self.due = now + delay
+            logging.getLogger("geomesh.up").warning(
+                "%s exited with %s; restarting in %.1f s (restart %d)", self.name, _exit_status(code), delay, self.restarts
+            )
+        elif now >= self.due:
+            self.due = None
+            self.process = self._start()
+            logging.getLogger("geomesh.up").info("%s started again (pid %d)", self.name, self.process.pid)
+
+
+def _exit_status(code: int) -> str:
+    """-9 (SIGKILL) for a process killed by a signal, else the exit code."""
+    if code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return str(code)
 
 
 def _wait_until_ready(ports: _Ports, children: dict[str, subprocess.Popen[bytes]], timeout: float = 60) -> None:
@@ -205,7 +298,8 @@ def _wait_until_ready(ports: _Ports, children: dict[str, subprocess.Popen[bytes]
                 raise click.ClickException(f"{name} exited during start-up (code {children[name].returncode})")
             with socket.socket() as probe:
                 probe.settimeout(0.2)
-                if probe.connect_ex((ports.host, port)) == 0:
+                # Only the edge listens on --host; the gRPC services on loopback (see _environments).
+                if probe.connect_ex((ports.host if name == "edge" else "127.0.0.1", port)) == 0:
                     del pending[name]
         if time.monotonic() > deadline:
             raise click.ClickException(f"{', '.join(pending)} did not start within {timeout:.0f} s")

@@ -17,7 +17,7 @@ RPC_SECONDS = Histogram(
 )
 HTTP_HANDLED = Counter(
     "geomesh_http_requests_total",
-    "HTTP requests answered by the edge, by route and status.",
+    "HTTP requests answered by the edge, by route and status (499: the client left before the answer was sent).",
     ["route", "method", "status"],
 )
 HTTP_SECONDS = Histogram(
@@ -41,7 +41,8 @@ WORK_ITEMS_IN_FLIGHT = Gauge(
 )
 WORK_ITEMS_FINISHED = Counter(
     "geomesh_work_items_finished_total",
-    "Work item attempts ended by this scheduler: successful, retried, failed, or lost (another scheduler took the lease).",
+    "Work item attempts ended by this scheduler: successful, retried, failed, lost (another scheduler took the lease), "
+    "or waiting (no transformer reachable: tried again later, the attempt not counted).",
     ["outcome"],
 )
 WORK_ITEM_SECONDS = Histogram(

@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 from geomesh import balancer
 from geomesh.balancer import MESSAGE_LIMIT
 from geomesh.errors import GeomeshError, from_rpc_error, grpc_trailers
+from geomesh.identity import Credentials, MeshSettings
 from geomesh.metrics import RPC_HANDLED, RPC_SECONDS
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,19 @@ class _Call:
     error); anything else is logged and becomes INTERNAL without leaking internals.
     """
 
-    def __init__(self, service: str, method: str, context: grpc.aio.ServicerContext) -> None:
-        self.service, self.method, self.context = service, method, context
+    def __init__(self, service: str, method: str, context: grpc.aio.ServicerContext, gate: Gate) -> None:
+        self.service, self.method, self.context, self.gate = service, method, context, gate
         self.started = time.perf_counter()
 
     async def __aenter__(self) -> None:
         for key, value in self.context.invocation_metadata() or ():
             if key == REQUEST_ID_KEY:
                 request_id.set(value)
+        refusal = self.gate.refusal(self.context)
+        if refusal is not None:
+            code, message = refusal
+            RPC_HANDLED.labels(self.service, self.method, code.name).inc()
+            await self.context.abort(code, message)
 
     async def __aexit__(self, exc_type: type[BaseException] | None, error: BaseException | None, tb: Any) -> bool:
         code = grpc.StatusCode.OK
@@ -65,16 +71,40 @@ class _Call:
                 await self.context.abort(code, error.message, trailing_metadata=grpc_trailers(error))
             log.error("unexpected error in %s", self.method, exc_info=error)
             code = grpc.StatusCode.INTERNAL
-            await self.context.abort(code, f"internal error in {self.method}: {type(error).__name__}")
+            await self.context.abort(code, f"internal error in {self.method} (request {request_id.get()}): see the service's log")
             return False
         finally:
             RPC_HANDLED.labels(self.service, self.method, code.name).inc()
             RPC_SECONDS.labels(self.service, self.method).observe(time.perf_counter() - self.started)
 
 
+@dataclass(frozen=True)
+class Gate:
+    """Who may call a server's methods: its callers' identities, proven by the mesh's credentials."""
+
+    credentials: Credentials
+    callers: frozenset[str]
+
+    def refusal(self, context: grpc.aio.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
+        if not self.credentials.checks:
+            return None
+        caller = self.credentials.caller_of(context)
+        if caller is None:
+            return grpc.StatusCode.UNAUTHENTICATED, (
+                f"this {self.credentials.identity} answers only calls that prove a mesh identity "
+                "(mutual TLS or the mesh secret: see GEOMESH_MESH_*)"
+            )
+        if caller not in self.callers:
+            return grpc.StatusCode.PERMISSION_DENIED, (
+                f"{caller} may not call the {self.credentials.identity}; its callers are {', '.join(sorted(self.callers))}"
+            )
+        return None
+
+
 class _ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, gate: Gate) -> None:
         self.service = service
+        self.gate = gate
         # Wrapped handlers by method: built once, not on every call (maps are answered in milliseconds).
         self._wrapped: dict[str, Any] = {}
 
@@ -92,7 +122,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
             inner_unary = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with _Call(self.service, method, context):
+                async with _Call(self.service, method, context, self.gate):
                     return await inner_unary(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -102,7 +132,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with _Call(self.service, method, context):
+                async with _Call(self.service, method, context, self.gate):
                     async for message in inner_stream(request, context):
                         yield message
 
@@ -141,21 +171,35 @@ async def start_server(
     register: Registrar,
     service_names: list[str],
     *,
+    identity: str,
+    mesh: MeshSettings | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
     metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> RunningServer:
-    """Start a gRPC server with health (SERVING once started), reflection and /metrics.
+    """Start a gRPC server with health (SERVING once started) and /metrics, answering only the
+    identities that may call `identity` (geomesh.identity.CALLERS), as the mesh settings prove them.
 
-    `register` adds the servicers; `service_names` are their full names for health and reflection.
-    Port 0 picks a free port (tests); metrics_port None serves no /metrics (tests in one process).
+    `register` adds the servicers; `service_names` are their full names for health and reflection
+    (served only when GEOMESH_MESH_REFLECTION is on). Port 0 picks a free port (tests);
+    metrics_port None serves no /metrics (tests in one process).
     """
-    server = grpc.aio.server(interceptors=[_ServerInterceptor(name)], options=SERVER_OPTIONS)
+    mesh = mesh or MeshSettings()
+    credentials = mesh.credentials(identity)
+    gate = Gate(credentials, mesh.callers_of(identity))
+    server = grpc.aio.server(interceptors=[_ServerInterceptor(name, gate)], options=SERVER_OPTIONS)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if mesh.reflection:
+        reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    address = f"{host}:{port}"
+    server_credentials = credentials.server_credentials()
+    if server_credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, server_credentials)
     if bound == 0:
         raise OSError(f"{name}: cannot listen on {host}:{port} (address in use?)")
     await server.start()
@@ -163,7 +207,7 @@ async def start_server(
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     exposed = None
     if metrics_port is not None:
-        httpd, _ = start_http_server(metrics_port, addr=host)
+        httpd, _ = start_http_server(metrics_port, addr=metrics_host)
         exposed = httpd.server_port
     log.info("%s listening on %s:%d (metrics: %s)", name, host, bound, exposed)
     return RunningServer(name, server, bound, exposed, health_servicer)
@@ -190,9 +234,14 @@ def rpc_errors() -> Iterator[None]:
 
 
 @asynccontextmanager
-async def open_channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel to one address (tests, tools); services use geomesh.balancer for their settings' addresses."""
-    channel = balancer.open_channel(balancer.targets(address)[0])
+async def open_channel(
+    address: str, peer: str, *, identity: str | None = None, mesh: MeshSettings | None = None
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the `peer` service at one address, as `identity` (default: peer's first caller),
+    for tests and tools; services use geomesh.balancer for their settings' addresses."""
+    mesh = mesh or MeshSettings()
+    credentials = mesh.credentials(identity or min(mesh.callers_of(peer)))
+    channel = balancer.open_channel(balancer.targets(address)[0], credentials, peer)
     try:
         yield channel
     finally:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from geomesh.identity import MeshSettings
 from geomesh.s3 import S3Settings
 
 DEFAULT_DATA_DIR = Path(".data")
@@ -19,9 +21,14 @@ DEFAULT_DATA_DIR = Path(".data")
 class _Service(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
-    # Port for Prometheus' /metrics; None turns it off.
+    # Port for Prometheus' /metrics (None turns it off), on its own address: loopback unless opened.
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
+    # Every call this service makes to another gives up after this long (streams: see each service).
+    rpc_timeout_seconds: float = Field(default=30.0, gt=0)
+    # How this service proves who it is to the others, and checks who calls it (GEOMESH_MESH_*).
+    mesh: MeshSettings = Field(default_factory=MeshSettings)
 
 
 class CatalogSettings(_Service):
@@ -57,6 +64,10 @@ class TransformerSettings(_Service):
     # Each process works in a folder of its own below this one, swept when it stops or is found
     # left behind by a killed process. None: <system temp>/geomesh-scratch.
     scratch_dir: Path | None = None
+    # The only granule links this transformer reads: URL prefixes, comma-separated, e.g.
+    # file:///srv/geomesh/granules/,s3://demo-data/,https://data.example.org/protected/ (a file
+    # prefix is compared with the link's real path, symbolic links followed). Unset: none at all.
+    allowed_urls: Annotated[list[str], NoDecode] = []
     # Data hosts that receive the caller's bearer token with each read (names or patterns such as
     # *.earthdata.nasa.gov; comma-separated); every other host gets none.
     token_hosts: Annotated[list[str], NoDecode] = []
@@ -66,7 +77,7 @@ class TransformerSettings(_Service):
     max_download_bytes: int = Field(default=2 * 1024**3, ge=1)
     s3: S3Settings = Field(default_factory=S3Settings)
 
-    @field_validator("token_hosts", mode="before")
+    @field_validator("token_hosts", "allowed_urls", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
@@ -100,6 +111,9 @@ class SchedulerSettings(_Service):
     # How often each scheduler looks for expired outputs to delete (one of them acts at a time).
     reaper_interval_seconds: float = Field(default=3600.0, gt=0)
     s3: S3Settings = Field(default_factory=S3Settings)
+    # A work item (one granule's transformation and staging) that takes longer fails, counted as an
+    # attempt: its lease is no longer renewed.
+    work_item_timeout_seconds: float = Field(default=900.0, gt=0)
     # Work items this scheduler runs at once (the transformer pool also caps calls per replica).
     dispatch_slots: int = Field(default=8, ge=1)
     # A leased item whose scheduler stops renewing it is run again by another after this long.
@@ -126,6 +140,19 @@ class SchedulerSettings(_Service):
         return url
 
 
+# Algorithms of public keys: an HS* token could be "verified" with a published key by anyone.
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+
+
+def secure_url(url: str) -> str:
+    """An https URL, or http on this machine only: keys fetched over plain http could be anyone's."""
+    parts = urlsplit(url)
+    local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if not parts.hostname or not (parts.scheme == "https" or local):
+        raise ValueError(f"{url!r} must be an https:// URL (http:// only on 127.0.0.1 or localhost)")
+    return url
+
+
 class EdgeSettings(_Service):
     model_config = SettingsConfigDict(env_prefix="GEOMESH_EDGE_")
 
@@ -136,3 +163,51 @@ class EdgeSettings(_Service):
     # default_user, owns every request: the embedded single-user default.
     users_file: Path | None = None
     default_user: str = "anonymous"
+    # OpenID Connect (see edge/oidc.py): bearer tokens that are JWTs are verified against the keys of
+    # this issuer (the `iss` of its tokens), found through <issuer>/.well-known/openid-configuration
+    # unless oidc_jwks_url names them (Earthdata Login publishes no discovery document). Works
+    # alongside users_file. None: no JWT is accepted.
+    oidc_issuer: str | None = Field(default=None, min_length=1)
+    oidc_jwks_url: str | None = None
+    # The audiences (comma-separated) one of which a token's `aud` must name; empty: not checked.
+    oidc_audience: Annotated[list[str], NoDecode] = []
+    # The claim naming the user: "sub" in OpenID Connect, "uid" in Earthdata Login tokens.
+    oidc_user_claim: str = "sub"
+    # A claim (e.g. "groups") any of whose values in oidc_admin_values (comma-separated) makes an admin.
+    oidc_admin_claim: str | None = None
+    oidc_admin_values: Annotated[list[str], NoDecode] = []
+    oidc_algorithms: Annotated[list[str], NoDecode] = ["RS256", "ES256"]
+    # Keys are kept this long; a token naming an unknown key fetches them again, at most this often.
+    oidc_jwks_cache_seconds: float = Field(default=300.0, gt=0)
+    oidc_jwks_refetch_seconds: float = Field(default=10.0, ge=0)
+    # Clock skew allowed when checking exp, nbf and iat.
+    oidc_leeway_seconds: float = Field(default=60.0, ge=0)
+
+    @field_validator("oidc_audience", "oidc_admin_values", "oidc_algorithms", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("oidc_jwks_url")
+    @classmethod
+    def _secure(cls, url: str | None) -> str | None:
+        return secure_url(url) if url is not None else None
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _asymmetric(cls, algorithms: list[str]) -> list[str]:
+        if not algorithms or any(alg not in JWT_ALGORITHMS for alg in algorithms):
+            raise ValueError(f"oidc_algorithms {algorithms} must be some of {', '.join(JWT_ALGORITHMS)}")
+        return algorithms
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> EdgeSettings:
+        if self.oidc_issuer is None and (self.oidc_jwks_url or self.oidc_audience or self.oidc_admin_claim):
+            raise ValueError("the oidc_* settings need oidc_issuer, the `iss` of the tokens to accept")
+        if self.oidc_issuer is not None and self.oidc_jwks_url is None:
+            secure_url(self.oidc_issuer)  # its discovery document names the keys
+        if bool(self.oidc_admin_claim) != bool(self.oidc_admin_values):
+            raise ValueError("oidc_admin_claim and oidc_admin_values go together: the claim, and its values that make an admin")
+        return self
+    # The longest a streamed answer may take: a synchronous result, a download relayed from staging.
+    stream_timeout_seconds: float = Field(default=3600.0, gt=0)

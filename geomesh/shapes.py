@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import re
+import xml.parsers.expat
 import zipfile
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +25,9 @@ import shapely.geometry
 from shapely.geometry.base import BaseGeometry
 
 from geomesh.errors import PayloadTooLargeError, RequestValidationError
+from geomesh.nesting import MAX_DEPTH, TooDeep, check_xml_depth, json_depth
+
+log = logging.getLogger(__name__)
 
 GEOJSON = "application/geo+json"
 KML = "application/vnd.google-earth.kml+xml"
@@ -120,8 +126,16 @@ _NAMES = {GEOJSON: "GeoJSON", KML: "KML", SHAPEFILE_ZIP: "zipped shapefile"}
 
 
 def _geojson_parts(content: bytes) -> list[BaseGeometry]:
+    depth = json_depth(content)
+    if depth > MAX_DEPTH:
+        raise RequestValidationError(
+            f"The shapefile upload nests arrays and objects {depth} levels deep, beyond the limit of {MAX_DEPTH} "
+            "(a MultiPolygon in a FeatureCollection needs 8): send polygons as plain GeoJSON coordinates, rings of "
+            f"[longitude, latitude] positions, with properties nested no deeper. {ACCEPTED}"
+        )
     try:
-        document = json.loads(content)
+        # Numbers as floats: a 400-digit integer overflowed float() in shapely (a 500), one of 5000 digits int().
+        document = json.loads(content, parse_int=float)
     except (UnicodeDecodeError, ValueError) as error:
         message = f"The shapefile upload is not valid GeoJSON: {_describe(error)}. {ACCEPTED}"
         raise RequestValidationError(message) from None
@@ -166,20 +180,54 @@ def _ogr_parts(content: bytes, kind: str) -> list[BaseGeometry]:
 
     if kind == SHAPEFILE_ZIP:
         _check_zip(content)
+    else:
+        _check_kml(content)
     name = _NAMES[kind]
     parts: list[BaseGeometry] = []
     try:
-        # Bytes go to GDAL's /vsimem/; pyogrio opens a zip through /vsizip/ on it.
+        # Bytes go to GDAL's /vsimem/, under a new name at each call; pyogrio opens a zip through
+        # /vsizip/ on it. So layers are read by index: a layer named after the file (a KML
+        # without folders) is not found under its name in the next call's copy.
         layers = pyogrio.list_layers(content)
-        for layer, _ in layers:
-            meta, _, wkb, _ = pyogrio.raw.read(content, layer=str(layer), force_2d=True, read_geometry=True)
+        for index in range(len(layers)):
+            meta, _, wkb, _ = pyogrio.raw.read(content, layer=index, force_2d=True, read_geometry=True)
             geometries = [shapely.from_wkb(item) for item in wkb if item is not None]
             parts.extend(_to_wgs84(geometries, meta.get("crs"), name))
     except (DataSourceError, DataLayerError, shapely.errors.ShapelyError) as error:
+        log.warning("a %s upload could not be read: %s", name, error)
         raise RequestValidationError(
-            f"The shapefile upload is not a readable {name}: {_describe(error)}. {ACCEPTED}"
+            f"The shapefile upload is not a readable {name}: {_ogr_problem(error, name)}. {ACCEPTED}"
         ) from None
     return parts
+
+
+# GDAL names the upload by its in-memory copy (/vsimem/pyogrio_<hex>, and layers after it): not the
+# client's business, and different at every call.
+_VSIMEM = re.compile(r"'?/vsi\w+/[^\s']*'?|\bpyogrio_[0-9a-f]{32}\b")
+
+
+def _ogr_problem(error: Exception, name: str) -> str:
+    """GDAL's message without its in-memory file names, nor its advice to name a driver."""
+    message = _describe(error)
+    if "not recognized as being in a supported file format" in message:
+        return f"GDAL does not recognize it as a {name}"
+    message = message.split("; It might help", 1)[0]
+    return " ".join(_VSIMEM.sub("the upload", message).split()).replace("the upload :", "the upload:").rstrip(".")
+
+
+def _check_kml(content: bytes) -> None:
+    """Well-formed XML, nested no deeper than MAX_DEPTH, before GDAL's recursive reader sees it."""
+    try:
+        check_xml_depth(content)
+    except TooDeep:
+        raise RequestValidationError(
+            f"The KML nests elements more than {MAX_DEPTH} levels deep, beyond the limit geomesh reads (a polygon "
+            f"in a few folders needs about 15): put the Placemarks in fewer nested Folders. {ACCEPTED}"
+        ) from None
+    except xml.parsers.expat.ExpatError as error:
+        raise RequestValidationError(
+            f"The shapefile upload is not a readable KML: it is not well-formed XML ({error}). {ACCEPTED}"
+        ) from None
 
 
 def _check_zip(content: bytes) -> None:

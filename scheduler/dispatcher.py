@@ -16,7 +16,7 @@ import uuid
 from contextlib import suppress
 from datetime import timedelta
 
-from geomesh.errors import GeomeshError, TransformError
+from geomesh.errors import GatewayTimeoutError, GeomeshError, TransformError
 from geomesh.metrics import (
     WORK_ITEM_SECONDS,
     WORK_ITEMS_FINISHED,
@@ -30,7 +30,7 @@ from geomesh.v1 import catalog_pb2, catalog_pb2_grpc, request_pb2, types_pb2
 from scheduler.jobs.store import JobStore, Lease, NewLink, utcnow
 from scheduler.planner import work_item
 from scheduler.staging import StagedKey, Stagings
-from scheduler.transformer_pool import TransformerPool
+from scheduler.transformer_pool import TransformerPool, TransformersUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -123,14 +123,26 @@ class Dispatcher:
 
     async def _run(self, lease: Lease) -> None:
         granule = types_pb2.Granule.FromString(lease.granule)
+        limit = self.settings.work_item_timeout_seconds
         try:
             with WORK_ITEM_SECONDS.time():
                 if lease.attempts > self.settings.max_attempts:
                     # Leased again after its schedulers kept stopping mid-item: do not try forever.
                     raise TransformError(f"abandoned after {self.settings.max_attempts} attempts")
-                link = await self._transform(lease, granule)
+                try:
+                    async with asyncio.timeout(limit):  # past it, the lease is no longer renewed either
+                        link = await self._transform(lease, granule)
+                except TimeoutError:
+                    raise GatewayTimeoutError(f"the transformation took longer than {limit:g} s") from None
         except asyncio.CancelledError:
             raise
+        except TransformersUnreachable:
+            # Every replica is down (restarting, say): wait for one without spending the item's attempts.
+            delay = min(10.0, self.settings.retry_delay_seconds * 2)
+            log.warning("job %s granule %s: no transformer reachable, trying again in %g s", lease.job_id, granule.id, delay)
+            WORK_ITEMS_FINISHED.labels("waiting").inc()
+            await self.store.release(self.owner, [lease.item_id], not_before=utcnow() + timedelta(seconds=delay))
+            return
         except Exception as error:
             await self._failed(lease, granule, error)
             return
@@ -166,7 +178,7 @@ class Dispatcher:
         assert lease.service_match is not None  # only direct-download jobs have none, and no items to lease
         match = catalog_pb2.ServiceMatch.FromString(lease.service_match)
         item = work_item(request, granule, match, job_id=lease.job_id)
-        chunks = self.pool.transform(await self._replicas(lease.job_id, request), item)
+        chunks = self.pool.transform(await self._replicas(lease.job_id, request, match), item)
         try:
             first = await anext(chunks)
             if first.WhichOneof("item") != "header":
@@ -192,11 +204,18 @@ class Dispatcher:
             time_end=temporal.end if temporal else None,
         )
 
-    async def _replicas(self, job_id: str, request: request_pb2.DataRequest) -> list[str]:
-        """The service's replicas now: a job outlives the addresses it was created with."""
+    async def _replicas(self, job_id: str, request: request_pb2.DataRequest, stored: catalog_pb2.ServiceMatch) -> list[str]:
+        """The service's replicas now, as the registry gives them (a job outlives the addresses it was
+        created with); the job's own record of them while the catalog cannot be reached."""
         if job_id not in self._addresses:
-            with rpc_errors():
-                match = await self.catalog.MatchService(request, metadata=((REQUEST_ID_KEY, request.request_id),))
+            try:
+                with rpc_errors():
+                    match = await self.catalog.MatchService(request, metadata=((REQUEST_ID_KEY, request.request_id),))
+            except GeomeshError as error:
+                if not error.transient:
+                    raise
+                log.warning("job %s: the catalog is unreachable (%s); using the addresses stored with the job", job_id, error.message)
+                return list(stored.service.addresses)
             if match.WhichOneof("result") != "service":
                 raise TransformError(f"no service transforms {request.collection} any more")
             if len(self._addresses) >= 1024:  # forget the oldest job's: it is asked again if still running
@@ -205,9 +224,11 @@ class Dispatcher:
         return self._addresses[job_id]
 
     async def _failed(self, lease: Lease, granule: types_pb2.Granule, error: Exception) -> None:
-        geomesh_error = error if isinstance(error, GeomeshError) else TransformError(str(error) or type(error).__name__)
-        # A request the transformer rejects will be rejected again; anything else may pass on retry.
-        retryable = geomesh_error.http_status >= 500
+        if isinstance(error, GeomeshError):
+            geomesh_error, retryable = error, error.transient
+        else:  # something of ours broke (a full disk, a store restarting): worth another try
+            log.error("job %s granule %s failed unexpectedly", lease.job_id, granule.id, exc_info=error)
+            geomesh_error, retryable = TransformError(str(error) or type(error).__name__), True
         retry_at = None
         if retryable and lease.attempts < self.settings.max_attempts:
             retry_at = utcnow() + timedelta(seconds=self.settings.retry_delay_seconds * 2 ** (lease.attempts - 1))

@@ -8,7 +8,7 @@ from typing import cast
 
 import grpc
 
-from geomesh.balancer import BalancedStub
+from geomesh.balancer import BalancedStub, Deadlines
 from geomesh.errors import RequestValidationError, UnsupportedOperationError
 from geomesh.model import BBox, TimeRange
 from geomesh.rpc import REQUEST_ID_KEY, RunningServer, rpc_errors, start_server
@@ -376,9 +376,16 @@ async def serve(settings: SchedulerSettings) -> RunningServer:
     store = await JobStore.open(settings.resolved_database_url)
     s3 = S3Clients(settings.s3)
     stagings = Stagings(open_staging(settings.resolved_staging_url, s3), s3)
-    catalog_stub = BalancedStub(catalog_pb2_grpc.CatalogStub, settings.catalog_address)
+    credentials = settings.mesh.credentials("scheduler")
+    catalog_stub = BalancedStub(
+        catalog_pb2_grpc.CatalogStub, settings.catalog_address, credentials, "catalog", Deadlines(unary=settings.rpc_timeout_seconds)
+    )
     catalog = cast(catalog_pb2_grpc.CatalogStub, catalog_stub)
-    pool = TransformerPool(settings.transformer_concurrency)
+    pool = TransformerPool(
+        settings.transformer_concurrency,
+        credentials,
+        Deadlines(unary=settings.rpc_timeout_seconds, stream=settings.work_item_timeout_seconds),
+    )
     dispatcher = Dispatcher(store, stagings, pool, catalog, settings)
     service = SchedulerService(Planner(catalog), pool, store, stagings, dispatcher, settings)
     reaper = Reaper(store, stagings.default, dispatcher.owner, settings.reaper_interval_seconds)
@@ -389,6 +396,9 @@ async def serve(settings: SchedulerSettings) -> RunningServer:
         host=settings.host,
         port=settings.port,
         metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
+        identity="scheduler",
+        mesh=settings.mesh,
     )
     dispatcher.start()
     reaper.start()

@@ -7,20 +7,26 @@ Service); geomesh.balancer balances within and across them.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import grpc
 
-from geomesh.balancer import Balanced, Entry, entry, targets, unreachable
+from geomesh.balancer import Balanced, Deadlines, Entry, entry, targets, unreachable
 from geomesh.errors import ServiceUnavailableError, from_rpc_error
+from geomesh.identity import Credentials
 from geomesh.rpc import REQUEST_ID_KEY
 from geomesh.v1 import transformer_pb2, transformer_pb2_grpc
 
+log = logging.getLogger(__name__)
+
 
 class TransformerPool:
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int, credentials: Credentials, deadlines: Deadlines = Deadlines()) -> None:
         self.concurrency = concurrency
+        self.credentials = credentials
+        self.deadlines = deadlines
         # One channel (and cap) per address, shared by every service that lists it.
         self._entries: dict[str, Entry[transformer_pb2_grpc.TransformerStub]] = {}
         self._balanced: dict[tuple[str, ...], Balanced[transformer_pb2_grpc.TransformerStub]] = {}
@@ -30,8 +36,10 @@ class TransformerPool:
         if key not in self._balanced:
             for target in targets(addresses):
                 if target not in self._entries:
-                    self._entries[target] = entry(transformer_pb2_grpc.TransformerStub, target, self.concurrency)
-            self._balanced[key] = Balanced([self._entries[target] for target in targets(addresses)])
+                    self._entries[target] = entry(
+                        transformer_pb2_grpc.TransformerStub, target, self.credentials, "transformer", self.concurrency
+                    )
+            self._balanced[key] = Balanced([self._entries[target] for target in targets(addresses)], self.deadlines)
         return self._balanced[key]
 
     async def render(self, addresses: list[str], request: transformer_pb2.RenderRequest) -> transformer_pb2.RenderedMap:
@@ -67,7 +75,10 @@ class TransformerPool:
 
 def _mapped(addresses: list[str], error: grpc.RpcError) -> Exception:
     if unreachable(error):
-        return ServiceUnavailableError(
-            f"no transformer replica could be reached ({', '.join(addresses)}): {error.details()}. Try again shortly."
-        )
+        log.warning("no transformer replica of %s could be reached: %s", ", ".join(addresses), error.details())
+        return TransformersUnreachable("No transformer of this service can be reached right now; try again shortly.")
     return from_rpc_error(error)
+
+
+class TransformersUnreachable(ServiceUnavailableError):
+    """Every replica of a service is down: work waits for one, without spending its attempts."""

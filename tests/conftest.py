@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import importlib
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,11 @@ from geomesh.settings import (
 )
 from tests.loopback import serve_app
 from tests.s3_server import S3Server, SeaweedFSMissing, start_seaweedfs
+
+# Every service of the test mesh proves its identity with one secret (the mTLS tests make their own
+# certificates), and transformers read only local files and the tests' own hosts.
+os.environ.setdefault("GEOMESH_MESH_SECRET", secrets.token_hex(16))
+os.environ.setdefault("GEOMESH_TRANSFORMER_ALLOWED_URLS", "file:///,http://127.0.0.1:,s3://")
 
 GLOBAL_GRANULE = "G1233800343-EEDTEST"
 HARMONY_EXAMPLE = "C1233800302-EEDTEST"

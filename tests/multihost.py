@@ -99,6 +99,7 @@ class Layout:
     granules_url: str  # where the demo granules were copied, e.g. s3://demo/
     staging_url: str
     work_dir: Path
+    certificates: Path  # the mesh's CA and every service's certificate (`geomesh certs`): mutual TLS
 
     def edge_url(self, name: str) -> str:
         return f"http://{self.machines[name].ip}:{self.ports[name]}"
@@ -121,6 +122,7 @@ def _environment(layout: Layout, name: str) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     base = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder), "GEOMESH_LOG_LEVEL": "INFO",
+        "GEOMESH_MESH_TLS_DIR": str(layout.certificates),
         # No S3 credentials from this machine's environment or files leak into the services.
         "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
     }
@@ -140,8 +142,9 @@ def _environment(layout: Layout, name: str) -> dict[str, str]:
         return base | s3 | {
             "GEOMESH_TRANSFORMER_FAMILY": "gdal", "GEOMESH_TRANSFORMER_HOST": machine.ip,
             "GEOMESH_TRANSFORMER_PORT": str(port), "GEOMESH_TRANSFORMER_SCRATCH_DIR": str(folder / "scratch"),
-            "GEOMESH_TRANSFORMER_WORKERS": "2",
+            "GEOMESH_TRANSFORMER_WORKERS": "2", "GEOMESH_TRANSFORMER_ALLOWED_URLS": layout.granules_url,
             "GEOMESH_TRANSFORMER_METRICS_PORT": str(layout.ports[f"metrics{name[-1]}"]),
+            "GEOMESH_TRANSFORMER_METRICS_HOST": machine.ip,
         }
     if name.startswith("scheduler"):
         return base | s3 | {

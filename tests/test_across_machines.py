@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import requests
 
+from geomesh.identity import make_certificates
 from tests.conftest import _postgres_database, running_mesh
 from tests.edge.test_jobs import submit, wait_for
 from tests.hosts import Network, netns_unavailable, start_postgres
@@ -149,7 +150,7 @@ def test_on_loopback_with_separate_ports_and_folders(
         transformer_addresses=f"127.0.0.1:{ports['transformer1']},127.0.0.1:{ports['transformer2']}",
         scheduler_addresses=f"127.0.0.1:{ports['scheduler1']},127.0.0.1:{ports['scheduler2']}",
         database_url=database_url, s3=s3, granules_url=f"s3://{bucket}/",
-        staging_url=f"s3://{bucket}-staging/outputs", work_dir=tmp_path,
+        staging_url=f"s3://{bucket}-staging/outputs", work_dir=tmp_path, certificates=_certificates(tmp_path),
     )
     try:
         outcome = _spread_job(layout, demo_dir)
@@ -157,6 +158,11 @@ def test_on_loopback_with_separate_ports_and_folders(
         next(database, None)
     _check(outcome, reference, layout)
     _report("seven processes on loopback", one_machine_seconds, outcome)
+
+
+def _certificates(folder: Path) -> Path:
+    make_certificates(folder / "certs")
+    return folder / "certs"
 
 
 def _report(where: str, one_machine_seconds: float, outcome: Outcome) -> None:
@@ -201,6 +207,7 @@ def test_on_separate_hosts(demo_dir: Path, tmp_path: Path, one_machine: tuple[di
                 scheduler_addresses="scheduler1.mesh:50051,scheduler2.mesh:50051",
                 database_url=postgres.url.replace("postgresql://", "postgresql+asyncpg://"),
                 s3=s3, granules_url="s3://demo/", staging_url="s3://staging/outputs", work_dir=tmp_path / "hosts",
+                certificates=_certificates(tmp_path),
             )
             outcome = _spread_job(layout, demo_dir)
         _check(outcome, reference, layout)

@@ -10,8 +10,11 @@ import pytest
 
 from geomesh.balancer import BalancedStub, targets
 from geomesh.errors import NotFoundError
+from geomesh.identity import MeshSettings
 from geomesh.rpc import RunningServer, rpc_errors, start_server
 from geomesh.v1 import catalog_pb2, catalog_pb2_grpc, types_pb2
+
+EDGE = MeshSettings().credentials("edge")
 
 
 class _NamedCatalog(catalog_pb2_grpc.CatalogServicer):
@@ -35,7 +38,7 @@ class _NamedCatalog(catalog_pb2_grpc.CatalogServicer):
 
 async def _serve(name: str) -> RunningServer:
     return await start_server(
-        name, lambda server: catalog_pb2_grpc.add_CatalogServicer_to_server(_NamedCatalog(name), server), ["geomesh.v1.Catalog"]
+        name, lambda server: catalog_pb2_grpc.add_CatalogServicer_to_server(_NamedCatalog(name), server), ["geomesh.v1.Catalog"], identity="catalog"
     )
 
 
@@ -49,7 +52,7 @@ def test_address_settings_become_grpc_targets() -> None:
 
 async def test_calls_spread_over_every_entry_and_fail_over_when_one_dies() -> None:
     first, second = await _serve("first"), await _serve("second")
-    stub = BalancedStub(catalog_pb2_grpc.CatalogStub, f"{first.address},{second.address}")
+    stub = BalancedStub(catalog_pb2_grpc.CatalogStub, f"{first.address},{second.address}", EDGE, "catalog")
     catalog = cast(catalog_pb2_grpc.CatalogStub, stub)
     try:
         answered = [(await catalog.GetCollection(catalog_pb2.GetCollectionRequest(collection="x"))).id for _ in range(6)]
@@ -81,7 +84,7 @@ async def test_every_entry_down_is_unavailable_naming_no_internals() -> None:
     server = await _serve("gone")
     address = server.address
     await server.stop(grace=0)
-    stub = BalancedStub(catalog_pb2_grpc.CatalogStub, address)
+    stub = BalancedStub(catalog_pb2_grpc.CatalogStub, address, EDGE, "catalog")
     try:
         with pytest.raises(grpc.RpcError) as caught:
             await cast(catalog_pb2_grpc.CatalogStub, stub).GetCollection(catalog_pb2.GetCollectionRequest(collection="x"))

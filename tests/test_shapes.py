@@ -10,6 +10,7 @@ import shapely
 from shapely.geometry import LineString, MultiPolygon, Point, Polygon, box
 
 from geomesh.errors import PayloadTooLargeError, RequestValidationError
+from geomesh.nesting import MAX_DEPTH, json_depth
 from geomesh.shapes import (
     GEOJSON,
     KML,
@@ -122,3 +123,93 @@ def test_too_many_vertices_is_a_413() -> None:
     with pytest.raises(PayloadTooLargeError, match=f"more than the {MAX_VERTICES} geomesh accepts: simplify") as caught:
         parse_shape(geojson(circle), GEOJSON)
     assert caught.value.http_status == 413
+
+
+# Nesting deeper than Python's recursion limit was a 500 (RecursionError in json.loads, in the
+# scheduler); a limit now refuses it, and deep-but-parseable nesting too, before any recursion.
+@pytest.mark.parametrize(
+    ("content", "depth"),
+    [
+        (b'{"type": "Polygon", "coordinates": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 100_001),
+        (b'{"type": "Polygon", "coordinates": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", 5_001),
+        (b'{"type": "Feature", "geometry": ' * 100_000 + b"null" + b"}" * 100_000, 100_000),
+        (b'{"type": "Feature", "properties": ' + b'{"a": ' * 150 + b"1" + b"}" * 150 + b', "geometry": null}', 151),
+        (b'{"type": "Polygon", "coordinates": ' + b"[" * 100_000, 100_001),  # not even closed
+    ],
+    ids=["coordinates 100000 deep", "coordinates 5000 deep", "features 100000 deep", "properties 150 deep", "unclosed"],
+)
+def test_geojson_nested_past_the_limit_is_refused_with_the_limit_named(content: bytes, depth: int) -> None:
+    with pytest.raises(RequestValidationError) as caught:
+        parse_shape(content, GEOJSON, "deep.geojson")
+    assert caught.value.http_status == 400
+    assert f"nests arrays and objects {depth} levels deep, beyond the limit of {MAX_DEPTH}" in caught.value.message
+
+
+def test_geojson_within_the_limit_is_read() -> None:
+    feature = {"type": "Feature", "properties": {"a": {"b": {"c": [[["[[[not counted in a string"]]]}}},
+               "geometry": shapely.geometry.mapping(MultiPolygon([TRIANGLE, SQUARE]))}
+    collection = json.dumps({"type": "FeatureCollection", "features": [feature]}).encode()
+    assert json_depth(collection) == 9
+    assert parse_shape(collection, GEOJSON).bounds == (10, -10, 60, 20)
+    assert parse_shape(collection.decode().encode("utf-16"), GEOJSON).bounds == (10, -10, 60, 20)
+
+
+def test_json_depth_skips_strings_and_reads_the_encodings_json_reads() -> None:
+    assert json_depth("1") == 0
+    assert json_depth('{"a": "[[{{", "b": [1, "\\"[["]}') == 2
+    assert json_depth("[[[]]]".encode("utf-16")) == 3
+    assert json_depth("[" * 10 + "]" * 10) == 10
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        "<Folder>" * 100_000 + "</Folder>" * 100_000,
+        "<Placemark>" + "<MultiGeometry>" * 5_000 + "</MultiGeometry>" * 5_000 + "</Placemark>",
+        "<Folder>" * 200 + "</Folder>" * 200,
+    ],
+    ids=["folders 100000 deep", "geometries 5000 deep", "folders 200 deep"],
+)
+def test_kml_nested_past_the_limit_is_refused_with_the_limit_named(inner: str) -> None:
+    content = f'<?xml version="1.0"?><kml xmlns="http://www.opengis.net/kml/2.2"><Document>{inner}</Document></kml>'
+    with pytest.raises(RequestValidationError) as caught:
+        parse_shape(content.encode(), KML)
+    assert f"The KML nests elements more than {MAX_DEPTH} levels deep" in caught.value.message
+
+
+def test_kml_placemarks_outside_folders_are_read() -> None:
+    """GDAL names that layer after the upload's in-memory copy, which had another name by the time
+    it was read: the most common KML (a Document of Placemarks) was refused."""
+    ring = " ".join(f"{x},{y}" for x, y in SQUARE.exterior.coords)
+    content = (
+        '<?xml version="1.0" encoding="UTF-8"?><kml xmlns="http://www.opengis.net/kml/2.2"><Document><Placemark>'
+        f"<Polygon><outerBoundaryIs><LinearRing><coordinates>{ring}</coordinates></LinearRing></outerBoundaryIs>"
+        "</Polygon></Placemark></Document></kml>"
+    )
+    assert parse_shape(content.encode(), KML).bounds == (50, 0, 60, 10)
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        (b'<?xml version="1.0"?><kml xmlns="http://www.opengis.net/kml/2.2"><Document><Folder><name>x</name></Folder>'
+         b"</Document></kml>", KML),
+        (b"<html><body>not a KML file</body></html>", KML),
+        (b"<kml>not closed", KML),
+    ],
+    ids=["no geometry", "not kml", "not well formed"],
+)
+def test_kml_errors_name_no_internal_files(content: bytes, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(RequestValidationError) as caught:
+        parse_shape(content, kind)
+    message = caught.value.message
+    assert "/vsimem/" not in message and "pyogrio_" not in message, message
+    assert message.startswith("The shapefile upload") or "KML" in message
+
+
+@pytest.mark.parametrize("digits", [400, 5000], ids=["past float", "past int()"])
+def test_huge_integer_coordinates_are_not_finite_numbers(digits: int) -> None:
+    """A 400-digit integer overflowed float() in shapely (a 500); one of 5000 digits was refused with Python's advice."""
+    content = b'{"type": "Polygon", "coordinates": [[[' + b"9" * digits + b", 0], [1, 0], [1, 1], [0, 0]]]}"
+    with pytest.raises(RequestValidationError, match="has coordinates that are not finite numbers"):
+        parse_shape(content, GEOJSON)

@@ -6,6 +6,7 @@ same grid from the gdal, netcdf and swath families.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,10 +15,11 @@ from functools import lru_cache
 import numpy as np
 import pyproj
 from affine import Affine
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import CRSError
-from rasterio.warp import calculate_default_transform
+from rasterio.errors import CRSError, RasterioError
+from rasterio.warp import calculate_default_transform, transform_bounds
 
 from geomesh.errors import RequestValidationError
 from geomesh.v1 import request_pb2
@@ -43,6 +45,8 @@ MAX_SIDE = 32768
 MAX_PIXELS = 16384 * 16384
 CRS_MESSAGE = 'query parameter "crs/outputCrs" could not be parsed.  Try an EPSG code or Proj4 string.'
 _WGS84 = pyproj.CRS.from_epsg(4326)
+_WGS84_RASTERIO = CRS.from_epsg(4326)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,17 +167,48 @@ class Grid:
 
 
 def output_grid(
-    src_crs: CRS, bounds: tuple[float, float, float, float], shape: tuple[int, int], crs: CRS, spec: GridSpec
+    src_crs: CRS,
+    bounds: tuple[float, float, float, float],
+    shape: tuple[int, int],
+    crs: CRS,
+    spec: GridSpec,
+    granule_id: str = "",
 ) -> Grid:
     """The output grid of a source area (bounds in src_crs, shape = width, height in pixels):
-    GDAL's suggested grid, then scaleExtent (-te), scaleSize (-tr) or width/height (-ts)."""
+    GDAL's suggested grid, then scaleExtent (-te), scaleSize (-tr) or width/height (-ts).
+
+    A CRS that covers only part of the Earth (an orthographic view, a UTM zone) cannot place an
+    area outside it: RequestValidationError naming the area, rather than GDAL's error.
+    """
     left, bottom, right, top = bounds
-    default, width, height = calculate_default_transform(
-        src_crs, crs, shape[0], shape[1], left=left, bottom=bottom, right=right, top=top
-    )
+    try:
+        default, width, height = calculate_default_transform(
+            src_crs, crs, shape[0], shape[1], left=left, bottom=bottom, right=right, top=top
+        )
+    except (CPLE_BaseError, RasterioError) as error:
+        log.warning("granule %s: no output grid in %s for %s: %s", granule_id, spec.crs or crs.to_string(), bounds, error)
+        raise _unprojectable(src_crs, bounds, spec.crs or crs.to_string(), granule_id) from None
+    if not all(math.isfinite(value) for value in (*default[:6], width, height)):
+        raise _unprojectable(src_crs, bounds, spec.crs or crs.to_string(), granule_id)
     xres, yres = default.a, -default.e
     xmin, ymax = default.c, default.f
     return fit_grid(crs, (xmin, ymax - height * yres, xmin + width * xres, ymax), (xres, yres), spec)
+
+
+def _unprojectable(
+    src_crs: CRS, bounds: tuple[float, float, float, float], crs: str, granule_id: str
+) -> RequestValidationError:
+    area = f"The requested area of granule {granule_id}" if granule_id else "The requested area"
+    try:
+        west, south, east, north = transform_bounds(src_crs, _WGS84_RASTERIO, *bounds, densify_pts=21)
+        extent = f" ({west:g},{south:g},{east:g},{north:g} as west,south,east,north)"
+    except (CPLE_BaseError, RasterioError):
+        extent = ""
+    return RequestValidationError(
+        f"{area}{extent} cannot be projected to the outputCrs {crs}: that CRS covers only "
+        "part of the Earth and this area lies outside it. Subset to an area the CRS covers (e.g. "
+        "subset=lat(south:north)&subset=lon(west:east)), or ask for a CRS that covers the whole area."
+    )
 
 
 def fit_grid(
@@ -204,6 +239,24 @@ def fit_grid(
             f"{MAX_PIXELS} pixels in all: ask for a smaller width/height, a coarser scaleSize or a smaller scaleExtent"
         )
     return Grid(crs, Affine(xres, 0.0, xmin, 0.0, -yres, ymax), width, height)
+
+
+def edges_on_earth(crs: CRS, bounds: tuple[float, float, float, float], points: int = 21) -> bool:
+    """Whether every point along the edges of `bounds` (xmin, ymin, xmax, ymax in `crs`) is a place
+    on the Earth. An orthographic grid's corners are not, and GDAL's WGS84 bounds of such a grid
+    hold infinities, swapped edges or only part of the area."""
+    left, bottom, right, top = bounds
+    along = np.linspace(0.0, 1.0, points)
+    across, down = left + (right - left) * along, top - (top - bottom) * along
+    xs = np.concatenate([across, np.full(points, right), across[::-1], np.full(points, left)])
+    ys = np.concatenate([np.full(points, top), down, np.full(points, bottom), down[::-1]])
+    lons, lats = _to_wgs84(crs.to_wkt()).transform(xs, ys, errcheck=False)
+    return bool(np.isfinite(lons).all() and np.isfinite(lats).all())
+
+
+@lru_cache(maxsize=64)
+def _to_wgs84(wkt: str) -> pyproj.Transformer:
+    return pyproj.Transformer.from_crs(pyproj.CRS.from_wkt(wkt), _WGS84, always_xy=True)
 
 
 def _count(span: float, resolution: float) -> int:

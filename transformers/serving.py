@@ -60,6 +60,7 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
         # Scratch files of this process only; a killed predecessor's are swept here.
         self.scratch = Scratch.open(settings.scratch_dir, self.family)
         self.access = DataAccess(
+            allowed_urls=tuple(settings.allowed_urls),
             token_hosts=tuple(settings.token_hosts),
             s3=S3Clients(settings.s3),
             timeout_seconds=settings.http_timeout_seconds,
@@ -189,6 +190,9 @@ async def serve_transformer(
         host=settings.host,
         port=settings.port,
         metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
+        identity="transformer",
+        mesh=settings.mesh,
     )
     fields = {field.name: getattr(running, field.name) for field in dataclasses.fields(running)}
     return TransformerServer(**fields, transformer=transformer)

@@ -15,6 +15,7 @@ A data host's refusal (401/403) is the caller's 403 naming the host; a timeout o
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +39,9 @@ from geomesh.errors import (
     UnsupportedOperationError,
 )
 from geomesh.s3 import S3Clients, S3Settings, s3_errors
+from transformers.failures import unprocessable
+
+log = logging.getLogger(__name__)
 
 DOWNLOAD_CHUNK = 1024 * 1024
 REMOTE_SCHEMES = ("http", "https", "s3")
@@ -89,23 +93,45 @@ class DataAccess:
     def __init__(
         self,
         *,
+        allowed_urls: tuple[str, ...] = ("file:///",),
         token_hosts: tuple[str, ...] = (),
         s3: S3Clients | None = None,
         timeout_seconds: float = 60.0,
         max_download_bytes: int = 2 * 1024**3,
     ) -> None:
+        self.allowed_urls = tuple(allowed_urls)
         self.token_hosts = tuple(host.lower() for host in token_hosts)
         self.s3 = s3 or S3Clients(S3Settings())
         self.timeout_seconds = timeout_seconds
         self.max_download_bytes = max_download_bytes
 
     def check(self, source: Source) -> None:
-        """Refuse, on the event loop, a link no family can read."""
+        """Refuse, on the event loop, a link no family can read or that this transformer may not:
+        links come from the catalog, and a transformer reads only where its settings allow."""
         if source.local_path is None and source.scheme not in REMOTE_SCHEMES:
             raise TransformError(
-                f"Granule {source.granule_id}'s data link {source.href} is neither a local file nor an "
-                "http(s) or s3 URL."
+                f"Granule {source.granule_id}'s data link is neither a local file nor an http(s) or s3 URL."
             )
+        if not self._allowed(source):
+            log.warning("granule %s: refused to read %s (not in GEOMESH_TRANSFORMER_ALLOWED_URLS)", source.granule_id, source.href)
+            raise ForbiddenError(
+                f"Granule {source.granule_id}'s data link is outside the locations this transformer may read "
+                "(GEOMESH_TRANSFORMER_ALLOWED_URLS)."
+            )
+
+    def _allowed(self, source: Source) -> bool:
+        local = source.local_path
+        if local is None:
+            return any(source.href.startswith(prefix) for prefix in self.allowed_urls if not prefix.startswith("file:"))
+        if str(local).startswith("/vsi"):  # GDAL's virtual file systems reach anything
+            return False
+        real = os.path.realpath(local)
+        for prefix in self.allowed_urls:
+            if prefix.startswith("file:"):
+                folder = os.path.realpath(unquote(urlparse(prefix).path))
+                if real == folder or real.startswith(folder.rstrip("/") + "/"):
+                    return True
+        return False
 
     def gets_token(self, source: Source) -> bool:
         """Whether the caller's token may go to this link's host (a name or pattern such as *.example.org)."""
@@ -214,7 +240,7 @@ class DataAccess:
         and it is the file that cannot be read."""
         if isinstance(error, GeomeshError):
             return error
-        unreadable = TransformError(f"Cannot process granule {source.granule_id} ({source.href}): {error}")
+        unreadable = unprocessable(source.granule_id, "its file could not be read as a raster", error, source.href)
         if source.local_path is not None:
             return unreadable
         try:
@@ -263,12 +289,14 @@ class DataAccess:
 
     @staticmethod
     def _timeout(source: Source, error: Exception) -> GatewayTimeoutError:
+        log.warning("granule %s: %s timed out: %s", source.granule_id, source.href, error)
         return GatewayTimeoutError(
-            f"The data host {source.host} did not answer in time for granule {source.granule_id}: {error}; try again later."
+            f"The data host {source.host} did not answer in time for granule {source.granule_id}; try again later."
         )
 
     @staticmethod
     def _unreachable(source: Source, error: Exception) -> BadGatewayError:
+        log.warning("granule %s: %s could not be reached: %s", source.granule_id, source.href, error)
         return BadGatewayError(
-            f"The data host {source.host} could not be reached for granule {source.granule_id}: {error}; try again later."
+            f"The data host {source.host} could not be reached for granule {source.granule_id}; try again later."
         )

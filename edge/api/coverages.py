@@ -46,7 +46,13 @@ async def rangeset_post(request: web.Request) -> web.StreamResponse:
     if request.content_type == "multipart/form-data":
         with malformed_body():
             async for part in await request.multipart():
-                if not isinstance(part, BodyPartReader) or not part.name:
+                if not isinstance(part, BodyPartReader):
+                    # Refused before aiohttp reads past it: it skips a nested body recursively, level by level.
+                    raise RequestValidationError(
+                        "The multipart/form-data body holds another multipart body: send every field and the "
+                        "shapefile as parts of the one form"
+                    )
+                if not part.name:
                     continue
                 if part.name.lower() == "shapefile":
                     shape = await _read_shape(part)

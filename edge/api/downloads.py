@@ -16,7 +16,9 @@ from pathlib import PurePosixPath
 import grpc
 from aiohttp import web
 
+from edge.auth import caller
 from edge.clients import CLIENTS
+from edge.errors import client_gone
 from geomesh.errors import GeomeshError, RequestValidationError, from_rpc_error
 from geomesh.rpc import REQUEST_ID_KEY
 from geomesh.v1 import catalog_pb2
@@ -35,7 +37,9 @@ _MEDIA_TYPES = {
     ".tif": "image/tiff",
     ".tiff": "image/tiff",
 }
-_OPEN_RANGE = re.compile(r"\s*bytes\s*=\s*(\d+)\s*-\s*", re.IGNORECASE)
+_OPEN_RANGE = re.compile(r"\s*bytes\s*=\s*([0-9]+)\s*-\s*", re.IGNORECASE)
+# The largest offset the services take (protobuf int64); any larger one is past the end of every file.
+MAX_OFFSET = 2**63 - 1
 
 
 def media_type_of(file_name: str) -> str:
@@ -46,12 +50,15 @@ def requested_offset(request: web.Request) -> int:
     """N from `Range: bytes=N-` (what a resuming download sends), else 0.
 
     Other range forms are ignored and the whole file is sent, as RFC 9110 allows. So is a range
-    sent with If-Range: our responses carry no validator it could match.
+    sent with If-Range: our responses carry no validator it could match. An N beyond MAX_OFFSET
+    becomes MAX_OFFSET, so that it is answered 416 like any other offset past the end.
     """
     match = _OPEN_RANGE.fullmatch(request.headers.get("Range", ""))
     if match is None or "If-Range" in request.headers:
         return 0
-    return int(match[1])
+    digits = match[1].lstrip("0") or "0"
+    # Checked by length first: int() refuses more than 4300 digits.
+    return MAX_OFFSET if len(digits) > len(str(MAX_OFFSET)) else min(int(digits), MAX_OFFSET)
 
 
 def _range_not_satisfiable(size: int) -> web.Response:
@@ -106,6 +113,8 @@ async def relay_file(
         if sent < expected:
             raise GeomeshError(f"{file_name} ended after {offset + sent} of {size} bytes")
     except Exception as error:  # noqa: BLE001 - the status is sent: all that is left is to cut the body short
+        if isinstance(error, ConnectionError) and client_gone(request):
+            raise  # the client left: edge.errors counts it (499), it is no failure of ours
         log.warning("download of %s stopped after %d bytes: %s", file_name, offset + sent, error)
         if request.transport is not None:
             request.transport.close()
@@ -117,6 +126,7 @@ async def relay_file(
 @routes.get("/data/{path:.+}")
 async def data_file(request: web.Request) -> web.StreamResponse:
     """A file the embedded catalog serves (its granules' links are /data/granules/<collection>/<file>)."""
+    caller(request)  # only to users, when users are configured (authenticated by auth.middleware)
     path = request.match_info["path"]
     offset = requested_offset(request)
     request_id = str(uuid.uuid4())

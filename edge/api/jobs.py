@@ -14,7 +14,8 @@ from edge.clients import CLIENTS
 from edge.errors import malformed_body
 from edge.job_json import job_json, paging_links
 from edge.rangeset import parse_integer
-from geomesh.errors import RequestValidationError
+from geomesh.errors import NotFoundError, RequestValidationError
+from geomesh.nesting import MAX_DEPTH, json_depth
 from geomesh.rpc import rpc_errors
 from geomesh.v1 import scheduler_pb2
 
@@ -116,7 +117,11 @@ async def remove_labels(request: web.Request) -> web.Response:
 async def service_result(request: web.Request) -> web.StreamResponse:
     """A staged output: redirected to the object store when clients can reach it, else streamed."""
     job_id = request.match_info["jobID"]
-    path = f"{request.match_info['itemID']}/{request.match_info['fileName']}"
+    item_id = request.match_info["itemID"]
+    path = f"{item_id}/{request.match_info['fileName']}"
+    # Work item ids are int64s: anything else ("²" is a digit to str.isdigit, 5000 digits overflow) names no output.
+    if not (item_id.isascii() and item_id.isdigit() and len(item_id) <= 18):
+        raise NotFoundError(f"Job {job_id} has no output /service-results/{job_id}/{path[:100]}")
     offset = requested_offset(request)
     call = request.app[CLIENTS].scheduler.FetchResult(
         scheduler_pb2.FetchResultRequest(
@@ -186,11 +191,19 @@ def _listed(values: list[str]) -> list[str]:
 
 async def _json_body(request: web.Request) -> Any:
     """The body as JSON, refusing what could not go on to the scheduler: JSON may escape lone
-    surrogates ("\\ud800"), which are not Unicode and so no protobuf string (a 500 before)."""
+    surrogates ("\\ud800"), which are not Unicode and so no protobuf string (a 500 before); and
+    JSON nested deeper than any request of these needs, before a recursive parser sees it."""
     try:
-        body = json.loads(await request.text())
+        text = await request.text()
+        depth = json_depth(text)
+        if depth > MAX_DEPTH:
+            raise RequestValidationError(
+                f"The request body nests arrays and objects {depth} levels deep, beyond the limit of {MAX_DEPTH}: "
+                'send JSON like {"jobIDs": ["<job id>", ...]} or {"jobID": [...], "label": [...]}'
+            )
+        body = json.loads(text, parse_int=float)  # no field is a number: a 5000-digit one is no error of int()'s
         json.dumps(body, ensure_ascii=False).encode("utf-8")
-    except (ValueError, LookupError, RecursionError) as error:  # bad JSON or bytes, unknown charset, too deep
+    except (ValueError, LookupError) as error:  # bad JSON or bytes, unknown charset
         raise RequestValidationError(f"The request body is not valid JSON: {error}") from None
     return body
 

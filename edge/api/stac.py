@@ -42,12 +42,14 @@ async def catalog(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/stac/{jobID}/{index:\\d+}")
+@routes.get("/stac/{jobID}/{index:[0-9]+}")
 async def item(request: web.Request) -> web.Response:
     job = await _finished_job(request)
-    index = int(request.match_info["index"])
+    text = request.match_info["index"]
+    # By length first: int() refuses more than 4300 digits (a 500 before); no job has 10**18 outputs.
+    index = int(text) if len(text) <= 18 else len(job.links)
     if index >= len(job.links):
-        raise NotFoundError(f"Job {job.job_id} has {len(job.links)} outputs: there is no STAC item {index}")
+        raise NotFoundError(f"Job {job.job_id} has {len(job.links)} outputs: there is no STAC item {text[:20]}")
     link = job.links[index]
     base = f"{root_url(request)}/stac/{job.job_id}/"
     body: dict[str, Any] = {

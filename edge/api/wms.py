@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from edge.api.common import root_url
-from edge.auth import CHALLENGE, bearer_token, caller
+from edge.auth import bearer_token, caller, renders_errors
 from edge.clients import CLIENTS
+from edge.errors import CHALLENGE
 from edge.wms_info import INFO_FORMATS, feature_info
 from edge.wms_xml import (
     CRS_CODES,
@@ -79,6 +80,7 @@ SOURCES = web.AppKey("wms_sources", dict)
 
 def install(app: web.Application) -> None:
     app[SOURCES] = {}
+    renders_errors(app, wms, _exception)
 
 
 @routes.get("/{collectionId}/wms")
@@ -87,7 +89,7 @@ async def wms(request: web.Request) -> web.StreamResponse:
         params: dict[str, str] = {}
         for key, value in request.query.items():
             params.setdefault(key.lower(), value)  # the first of a repeated name wins
-        user = caller(request).user  # like the rangeset: every WMS request needs a user when users are configured
+        user = caller(request).user  # authenticated before: every WMS request needs a user when users are configured
         operation = _required(params, "request")
         if operation == "GetCapabilities":
             return await _get_capabilities(request, params)

@@ -395,12 +395,16 @@ class JobStore:
             return True
 
     @_whole
-    async def release(self, owner: str, item_ids: Sequence[int]) -> None:
-        """Hand unfinished items back (pause, shutdown) without counting the attempt."""
+    async def release(self, owner: str, item_ids: Sequence[int], *, not_before: datetime | None = None) -> None:
+        """Hand unfinished items back (pause, shutdown, no transformer reachable) without counting the
+        attempt; none is leased again before not_before."""
         if not item_ids:
             return
+        values: dict[str, Any] = dict(status="ready", lease_owner=None, attempts=WorkItemRow.attempts - 1)
+        if not_before is not None:
+            values["next_attempt_at"] = not_before
         async with self._sessions.begin() as session:
-            await session.execute(_held(owner, item_ids).values(status="ready", lease_owner=None, attempts=WorkItemRow.attempts - 1))
+            await session.execute(_held(owner, item_ids).values(**values))
 
     async def queued(self) -> int:
         """Items of active jobs waiting for a dispatcher."""

@@ -39,7 +39,8 @@ class StagedKey:
 
     @classmethod
     def of(cls, job_id: str, item_id: int | str, file_name: str) -> StagedKey:
-        if not str(item_id).isdigit() or not _SAFE_NAME.match(file_name) or not _SAFE_NAME.match(job_id):
+        item = str(item_id)
+        if not (item.isascii() and item.isdigit() and len(item) <= 18) or not _SAFE_NAME.match(file_name) or not _SAFE_NAME.match(job_id):
             raise NotFoundError(f"No staged output {job_id}/{item_id}/{file_name}")
         return cls(job_id, int(item_id), file_name)
 

@@ -39,10 +39,10 @@ async def catalog_stub(data_dir: Path | None) -> AsyncIterator[catalog_pb2_grpc.
     service = CatalogService(backend=None, registry=Registry.load(), data_dir=data_dir)  # type: ignore[arg-type]
     running = await start_server(
         "catalog-files", lambda server: catalog_pb2_grpc.add_CatalogServicer_to_server(service, server),
-        ["geomesh.v1.Catalog"],
+        ["geomesh.v1.Catalog"], identity="catalog",
     )
     try:
-        async with open_channel(running.address) as channel:
+        async with open_channel(running.address, "catalog") as channel:
             yield catalog_pb2_grpc.CatalogStub(channel)
     finally:
         await running.stop(grace=0)
@@ -50,7 +50,7 @@ async def catalog_stub(data_dir: Path | None) -> AsyncIterator[catalog_pb2_grpc.
 
 async def test_reads_a_demo_granule_whole_and_from_an_offset(mesh: Mesh) -> None:
     expected = (mesh.data_dir / FIRST_FILE).read_bytes()
-    async with open_channel(mesh.catalog_address) as channel:
+    async with open_channel(mesh.catalog_address, "catalog") as channel:
         stub = catalog_pb2_grpc.CatalogStub(channel)
         size, chunks = await read(stub, FIRST_FILE)
         assert size == len(expected) and b"".join(chunks) == expected
@@ -73,7 +73,7 @@ async def test_large_files_come_in_bounded_chunks(tmp_path: Path) -> None:
 
 
 async def test_offsets_outside_the_file_are_invalid(mesh: Mesh) -> None:
-    async with open_channel(mesh.catalog_address) as channel:
+    async with open_channel(mesh.catalog_address, "catalog") as channel:
         stub = catalog_pb2_grpc.CatalogStub(channel)
         with pytest.raises(RequestValidationError, match="must not be negative"):
             await read(stub, FIRST_FILE, offset=-1)

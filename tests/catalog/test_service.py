@@ -25,7 +25,7 @@ async def search(stub: catalog_pb2_grpc.CatalogStub, **fields: object) -> tuple[
 
 
 async def test_search_streams_hits_then_granules(mesh: Mesh) -> None:
-    async with open_channel(mesh.catalog_address) as channel:
+    async with open_channel(mesh.catalog_address, "catalog") as channel:
         stub = catalog_pb2_grpc.CatalogStub(channel)
         hits, granules = await search(stub, limit=2)
         assert hits == 177 and len(granules) == 2
@@ -41,7 +41,7 @@ async def test_search_streams_hits_then_granules(mesh: Mesh) -> None:
 
 
 async def test_unknown_collection_is_not_found_with_our_error_kind(mesh: Mesh) -> None:
-    async with open_channel(mesh.catalog_address) as channel:
+    async with open_channel(mesh.catalog_address, "catalog") as channel:
         stub = catalog_pb2_grpc.CatalogStub(channel)
         with pytest.raises(grpc.RpcError) as raw:
             await stub.GetCollection(catalog_pb2.GetCollectionRequest(collection="C404-NOPE"))
@@ -51,7 +51,7 @@ async def test_unknown_collection_is_not_found_with_our_error_kind(mesh: Mesh) -
 
 
 async def test_match_and_capabilities(mesh: Mesh) -> None:
-    async with open_channel(mesh.catalog_address) as channel:
+    async with open_channel(mesh.catalog_address, "catalog") as channel:
         stub = catalog_pb2_grpc.CatalogStub(channel)
         match = await stub.MatchService(request_pb2.DataRequest(collection="harmony_example", variables=["red_var"]))
         assert match.service.name == "harmony/gdal" and match.output_format == "image/tiff"

@@ -173,6 +173,15 @@ async def test_granule_name_with_wildcard(mesh: Mesh) -> None:
          "harmony.UnsupportedOperation", "reformatting to application/x-zarr"),
         ("{coverages}/collections/all/coverage/rangeset?granuleId=" + AFRICA_GRANULE + "&subset=lon(-170:-160)",
          400, "harmony.RequestValidationError", "Error: No matching granules found."),
+        # An empty value was dropped: granuleid= became a job over all 177 granules.
+        ("{coverages}/collections/all/coverage/rangeset?granuleid=", 400, "harmony.RequestValidationError",
+         'query parameter "granuleId" is given with an empty value'),
+        ("{coverages}/collections/all/coverage/rangeset?granuleName=", 400, "harmony.RequestValidationError",
+         'query parameter "granuleName" is given with an empty value'),
+        ("{coverages}/collections/all/coverage/rangeset?granuleId=" + GLOBAL_GRANULE + "&subset=", 400,
+         "harmony.RequestValidationError", 'query parameter "subset" is given with an empty value'),
+        ("{coverages}/collections/parameter_vars/coverage/rangeset?granuleId=" + GLOBAL_GRANULE + "&variable=", 400,
+         "harmony.RequestValidationError", 'query parameter "variable" is given with an empty value'),
     ],
 )
 async def test_bad_requests_get_harmony_errors(mesh: Mesh, path: str, status: int, code: str, description: str) -> None:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from catalog.demo.atl08 import COLLECTION_ID as ATL08
 from edge.api.downloads import media_type_of, relay_file, requested_offset
-from tests.conftest import Mesh
+from tests.conftest import GLOBAL_GRANULE, Mesh
 from tests.edge.test_coverages import get
 from tests.loopback import serve_app
 
@@ -128,3 +128,41 @@ async def test_a_stream_that_fails_mid_way_cuts_the_body_short() -> None:
         status, length, body = await asyncio.to_thread(fetch_partial)
     assert (status, length) == (200, 5000)
     assert body == b"x" * 1000
+
+
+# Offsets past int64 were a 500 (protobuf refused the value), past 4300 digits too (int() refused the text).
+HUGE_OFFSETS = ["99999999999999999999999", str(2**63), "9" * 5000, "0" * 30 + "7"]
+
+
+@pytest.mark.parametrize("start", HUGE_OFFSETS[:3])
+async def test_a_range_past_any_file_is_not_satisfiable(mesh: Mesh, start: str) -> None:
+    size = (mesh.data_dir / FIRST_PATH).stat().st_size
+    status, headers, body = await get(f"{mesh.url}/data/{FIRST_PATH}", headers={"Range": f"bytes={start}-"})
+    assert (status, headers["Content-Range"]) == (416, f"bytes */{size}")
+    assert json.loads(body)["code"] == "harmony.RequestValidationError"
+
+
+async def test_leading_zeros_are_just_an_offset(mesh: Mesh) -> None:
+    expected = (mesh.data_dir / FIRST_PATH).read_bytes()
+    status, _, body = await get(f"{mesh.url}/data/{FIRST_PATH}", headers={"Range": f"bytes={HUGE_OFFSETS[3]}-"})
+    assert (status, body) == (206, expected[7:])
+
+
+async def test_job_outputs_refuse_huge_ranges_items_and_indexes(mesh: Mesh) -> None:
+    from tests.edge.test_jobs import submit, wait_for
+
+    job = await wait_for(mesh, await submit(mesh, f"granuleId={GLOBAL_GRANULE}&forceAsync=true"))
+    (link,) = [link["href"] for link in job["links"] if link["rel"] == "data"]
+    for start in HUGE_OFFSETS[:3]:
+        status, headers, body = await get(link, headers={"Range": f"bytes={start}-"})
+        assert status == 416 and headers["Content-Range"].startswith("bytes */"), body[:300]
+    job_id = job["jobID"]
+    # Work item ids are int64s: "²" is a digit to str.isdigit but not to int(), 5000 digits are past int().
+    for item in ("%C2%B2", "9" * 5000, "9" * 30):
+        status, _, body = await get(f"{mesh.url}/service-results/{job_id}/{item}/001_00_7f00ff_global.tif")
+        assert status == 404, body[:300]
+        assert json.loads(body)["code"] == "harmony.NotFoundError"
+    for index in ("9" * 5000, "9" * 30):
+        status, _, body = await get(f"{mesh.url}/stac/{job_id}/{index}")
+        assert status == 404, body[:300]
+        assert json.loads(body)["description"].startswith(f"Error: Job {job_id} has 1 outputs: there is no STAC item 999")

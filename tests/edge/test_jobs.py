@@ -211,3 +211,26 @@ async def test_job_work_is_visible_to_prometheus(mesh: Mesh) -> None:
     finished = {s.labels["outcome"]: s.value for s in families["geomesh_work_items_finished"].samples if s.name.endswith("_total")}
     assert finished["successful"] >= 2
     assert {"geomesh_work_items_queued", "geomesh_work_items_in_flight", "geomesh_work_item_seconds"} <= set(families)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "depth"),
+    [
+        ("POST", "/jobs/status", b"[" * 100_000 + b"]" * 100_000, 100_000),
+        ("POST", "/jobs/status", b'{"jobIDs": ' + b"[" * 200 + b"]" * 200 + b"}", 201),  # parseable, yet past the limit
+        ("PUT", "/labels", b'{"jobID": ["00000000-0000-4000-8000-000000000000"], "label": ' + b'{"a": ' * 500 + b"1" + b"}" * 501,
+         501),
+    ],
+    ids=["status 100000 deep", "status 201 deep", "labels 501 deep"],
+)
+async def test_json_bodies_nested_past_the_limit_are_400s_naming_it(
+    mesh: Mesh, method: str, path: str, body: bytes, depth: int
+) -> None:
+    from geomesh.nesting import MAX_DEPTH
+
+    response = await call(method, f"{mesh.url}{path}", data=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["description"] == (
+        f"Error: The request body nests arrays and objects {depth} levels deep, beyond the limit of {MAX_DEPTH}: "
+        'send JSON like {"jobIDs": ["<job id>", ...]} or {"jobID": [...], "label": [...]}'
+    )

@@ -16,6 +16,7 @@ from rasterio.io import MemoryFile
 
 from catalog.registry import Operations, Registry
 from geomesh.errors import UnsupportedOperationError
+from geomesh.rpc import open_channel
 from geomesh.v1 import request_pb2, transformer_pb2, transformer_pb2_grpc, types_pb2
 from tests.conftest import Mesh
 from tests.edge.test_coverages import get
@@ -160,7 +161,7 @@ async def test_a_swath_converts_to_zarr_through_the_meshs_netcdf_transformer(mes
         granule=types_pb2.Granule(id="G1-SWATH", name="swath_granule.nc", links=[types_pb2.DataLink(href=path.as_uri())]),
         output=request_pb2.OutputOptions(format=match.output_format),
     )
-    async with grpc.aio.insecure_channel(mesh.transformer_addresses["netcdf"]) as channel:
+    async with open_channel(mesh.transformer_addresses["netcdf"], "transformer") as channel:
         chunks = [chunk async for chunk in transformer_pb2_grpc.TransformerStub(channel).Transform(item)]
     assert chunks[0].header.file_name == "swath_granule.zarr.zip"
     output = tmp_path / chunks[0].header.file_name
@@ -206,7 +207,7 @@ async def test_no_wms_for_collections_whose_service_draws_no_maps(mesh: Mesh, co
 async def test_a_transformer_that_draws_no_maps_says_so(mesh: Mesh) -> None:
     """Called directly over gRPC (bypassing the scheduler), Render is refused with a reason, not gRPC's bare
     "Method not implemented!"."""
-    async with grpc.aio.insecure_channel(mesh.transformer_addresses["netcdf"]) as channel:
+    async with open_channel(mesh.transformer_addresses["netcdf"], "transformer") as channel:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await transformer_pb2_grpc.TransformerStub(channel).Render(transformer_pb2.RenderRequest(width=8, height=8))
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED  # UnsupportedOperationError's status: a 422

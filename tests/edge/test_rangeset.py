@@ -67,3 +67,28 @@ def test_invalid_parameters_say_what_is_wrong(pairs: list[tuple[str, str]], vari
     with pytest.raises(RequestValidationError, match=None) as caught:
         parse(pairs, variable)
     assert message in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("pairs", "variable", "name", "fix"),
+    [
+        # Was a job over the whole collection.
+        ([("granuleid", "")], "all", "granuleId", "leave the parameter out to use every granule"),
+        ([("granuleId", " , ")], "all", "granuleId", "give one or more granule concept ids"),
+        ([("granuleId", "G1"), ("granuleId", "")], "all", "granuleId", "comma-separated"),
+        ([("granuleName", "")], "all", "granuleName", "wildcards"),
+        ([("subset", "")], "all", "subset", "use dimension(min:max)"),
+        ([("subset", "lat(0:1)"), ("subset", " ")], "all", "subset", "use dimension(min:max)"),
+        ([("variable", "")], "parameter_vars", "variable", "name one or more variables"),
+        ([("variable", ",")], "parameter_vars", "variable", "or put them in the path"),
+    ],
+)
+def test_empty_values_are_refused_not_dropped(pairs: list[tuple[str, str]], variable: str, name: str, fix: str) -> None:
+    with pytest.raises(RequestValidationError) as caught:
+        parse(pairs, variable)
+    assert caught.value.message.startswith(f'query parameter "{name}" is given with an empty value: ')
+    assert fix in caught.value.message
+
+
+def test_a_list_with_an_empty_item_keeps_the_others() -> None:
+    assert list(parse([("granuleId", "G1,,G2,")]).granule_ids) == ["G1", "G2"]

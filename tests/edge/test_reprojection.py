@@ -80,3 +80,33 @@ async def test_grid_validation_messages(mesh: Mesh, query: str, description: str
     assert error["description"].startswith("Error: ") and description in error["description"]
     if "outputCrs" in description:
         assert error["description"] == "Error: " + description  # Harmony's exact words
+
+
+ORTHO = quote("+proj=ortho +lon_0=-60")  # the hemisphere around 60 W
+FAMILIES = [("C1233800302-EEDTEST", GLOBAL_GRANULE), ("C1234088182-EEDTEST", "G1234088191-EEDTEST")]  # gdal, netcdf
+
+
+@pytest.mark.parametrize(("collection", "granule"), FAMILIES, ids=["gdal", "netcdf"])
+async def test_an_area_an_orthographic_view_does_not_show_is_a_400(mesh: Mesh, collection: str, granule: str) -> None:
+    """Australia seen from above 60 W: was a 500 in both families (GDAL could not size the output grid)."""
+    status, _, body = await get(
+        f"{mesh.rangeset(collection)}?granuleId={granule}&subset=lat(-45:-9)&subset=lon(110:156)&outputCrs={ORTHO}"
+    )
+    assert status == 400, body
+    error = json.loads(body)
+    assert error["code"] == "harmony.RequestValidationError"
+    assert error["description"].startswith(f"Error: The requested area of granule {granule} (")
+    assert "cannot be projected to the outputCrs +proj=ortho +lon_0=-60" in error["description"]
+    assert "subset=lat(south:north)&subset=lon(west:east)" in error["description"]
+
+
+@pytest.mark.parametrize(("collection", "granule"), FAMILIES, ids=["gdal", "netcdf"])
+async def test_an_orthographic_view_of_a_global_granule_has_a_true_bbox(mesh: Mesh, collection: str, granule: str) -> None:
+    """The view's grid reaches past the Earth: its links' bbox held a quarter of the view (or infinities, JSON
+    that is not JSON)."""
+    from tests.edge.test_jobs import submit, wait_for
+
+    job_id = await submit(mesh, f"granuleId={granule}&forceAsync=true&outputCrs={ORTHO}", collection=collection)
+    job = await wait_for(mesh, job_id)
+    (link,) = [link for link in job["links"] if link["rel"] == "data"]
+    assert link["bbox"] == [-180, -90, 180, 90]

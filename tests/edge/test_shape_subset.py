@@ -20,6 +20,7 @@ from shapely.geometry import MultiPolygon, Point, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
 from edge.api.coverages import SHAPE_LIMIT
+from geomesh.nesting import MAX_DEPTH
 from geomesh.shapes import MAX_VERTICES
 from tests.conftest import GLOBAL_GRANULE, HARMONY_EXAMPLE, Mesh
 from tests.edge.test_formats import open_image
@@ -209,3 +210,40 @@ async def test_oversized_upload_is_413(mesh: Mesh) -> None:
     status, _, body = await post(mesh, [("granuleId", GLOBAL_GRANULE)], (content, "application/geo+json", "big.geojson"))
     assert status == 413
     assert json.loads(body)["description"] == "Error: The shapefile upload is larger than 8 MiB"
+
+
+# Each of these was a 500 ("internal error in Execute: RecursionError") from the scheduler.
+@pytest.mark.parametrize(
+    ("upload", "words"),
+    [
+        ((b'{"type": "Polygon", "coordinates": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/geo+json", "a.geojson"),
+         f"nests arrays and objects 100001 levels deep, beyond the limit of {MAX_DEPTH}"),
+        ((b'{"type": "Feature", "geometry": ' * 100_000 + b"null" + b"}" * 100_000, "application/geo+json", "a.geojson"),
+         f"nests arrays and objects 100000 levels deep, beyond the limit of {MAX_DEPTH}"),
+        ((b'{"type": "Polygon", "coordinates": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "application/geo+json", "a.geojson"),
+         f"nests arrays and objects 5001 levels deep, beyond the limit of {MAX_DEPTH}"),
+        ((b"<kml><Document>" + b"<Folder>" * 100_000 + b"</Folder>" * 100_000 + b"</Document></kml>",
+          "application/vnd.google-earth.kml+xml", "a.kml"), f"The KML nests elements more than {MAX_DEPTH} levels deep"),
+    ],
+    ids=["geojson coordinates 100000 deep", "geojson features 100000 deep", "geojson coordinates 5000 deep", "kml 100000 deep"],
+)
+async def test_deeply_nested_uploads_are_400s_naming_the_limit(mesh: Mesh, upload: tuple[bytes, str, str], words: str) -> None:
+    status, headers, body = await post(mesh, [("granuleId", GLOBAL_GRANULE)], upload)
+    assert status == 400, body[:500]
+    error = json.loads(body)
+    assert error["code"] == "harmony.RequestValidationError"
+    assert words in error["description"]
+
+
+async def test_a_multipart_body_nested_in_the_form_is_a_400(mesh: Mesh) -> None:
+    """aiohttp skips a nested multipart body recursively, one level per nesting: refused at the first."""
+    depth = 20_000
+    body = b"".join(
+        f"--b{n}\r\nContent-Type: multipart/mixed; boundary=b{n + 1}\r\n\r\n".encode() for n in range(depth)
+    ) + b"".join(f"--b{n}--\r\n".encode() for n in reversed(range(depth + 1)))
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            mesh.rangeset(), data=body, headers={"Content-Type": "multipart/form-data; boundary=b0"}
+        ) as response:
+            assert response.status == 400, await response.text()
+            assert "holds another multipart body" in (await response.json())["description"]

@@ -18,7 +18,7 @@ from tests.conftest import GLOBAL_GRANULE, HARMONY_EXAMPLE, Mesh
 
 async def execute(address: str, request: request_pb2.DataRequest) -> tuple[types_pb2.Granule | None, bytes, int]:
     header, body, chunks = None, bytearray(), 0
-    async with open_channel(address) as channel:
+    async with open_channel(address, "scheduler") as channel:
         with rpc_errors():
             async for message in scheduler_pb2_grpc.SchedulerStub(channel).Execute(request):
                 if message.WhichOneof("item") == "header":
@@ -54,7 +54,7 @@ async def test_errors_come_back_as_geomesh_errors(mesh: Mesh) -> None:
 
 
 async def test_force_async_makes_a_job_even_for_one_granule(mesh: Mesh) -> None:
-    async with open_channel(mesh.scheduler_address) as channel:
+    async with open_channel(mesh.scheduler_address, "scheduler") as channel:
         request = request_pb2.DataRequest(collection=HARMONY_EXAMPLE, granule_ids=[GLOBAL_GRANULE], force_async=True, user="carol")
         [message] = [m async for m in scheduler_pb2_grpc.SchedulerStub(channel).Execute(request)]
     assert (message.job.username, message.job.status, message.job.num_input_granules) == ("carol", "running", 1)

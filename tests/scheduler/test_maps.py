@@ -63,7 +63,7 @@ def test_the_newest_granules_are_drawn_last() -> None:
 
 
 async def test_get_map_draws_blank_where_no_granule_is_and_refuses_unknown_variables(mesh: Mesh) -> None:
-    async with open_channel(mesh.scheduler_address) as channel:
+    async with open_channel(mesh.scheduler_address, "scheduler") as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
         render = transformer_pb2.RenderRequest(crs="EPSG:4326", min_x=-10, min_y=-10, max_x=10, max_y=10, width=8, height=8, format="image/png")
         lonely = scheduler_pb2.MapRequest(collection=HARMONY_EXAMPLE, granule_ids=["G0-NONE"], render=render)

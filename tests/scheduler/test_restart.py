@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
+from geomesh.rpc import open_channel
 from geomesh.v1 import request_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tests.conftest import HARMONY_EXAMPLE, Mesh
 
@@ -79,7 +79,7 @@ def scheduler_process(mesh: Mesh, tmp_path: Path, database_url: str) -> Iterator
 
 
 async def job_state(address: str, job_id: str) -> scheduler_pb2.Job:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address, "scheduler") as channel:
         stub = scheduler_pb2_grpc.SchedulerStub(channel)
         return await stub.GetJob(scheduler_pb2.GetJobRequest(caller=CALLER, job_id=job_id, limit=1000))
 
@@ -92,7 +92,7 @@ async def test_kill_9_mid_job_then_restart_finishes_every_output_once(
     request = request_pb2.DataRequest(
         request_id="restart-test", user="alice", collection=HARMONY_EXAMPLE, max_results=GRANULES, request_url="grpc"
     )
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with open_channel(address, "scheduler") as channel:
         [response] = [r async for r in scheduler_pb2_grpc.SchedulerStub(channel).Execute(request)]
     job_id = response.job.job_id
 

@@ -91,7 +91,7 @@ async def server(scratch: Path) -> AsyncIterator[TransformerServer]:
 
 @pytest.fixture(scope="module")
 async def stub(server: TransformerServer) -> AsyncIterator[transformer_pb2_grpc.TransformerStub]:
-    async with open_channel(server.address) as channel:
+    async with open_channel(server.address, "transformer") as channel:
         yield transformer_pb2_grpc.TransformerStub(channel)
 
 
@@ -382,3 +382,23 @@ def test_dataset_pool_lends_each_handle_to_one_thread(global_tif: Path, utm_tif:
     pool.close()
     assert pool.idle_count == 0
     assert seen == []
+
+
+def test_a_gdal_failure_names_the_granule_not_gdals_files(
+    global_tif: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GDAL's CPLE_* errors are no RasterioError: they reached the client as "internal error: CPLE_AppDefinedError",
+    with messages that name /vsimem/ and scratch files."""
+    from rasterio._err import CPLE_AppDefinedError
+
+    from transformers.gdal import subset as subset_module
+
+    def failing_write(*args: object) -> Path:
+        raise CPLE_AppDefinedError(1, 1, f"/vsimem/geomesh-{tmp_path.name}.tif: TIFFAppendToStrip:Write error at scanline 0")
+
+    monkeypatch.setattr(subset_module, "_write", failing_write)
+    request = subset_module.SubsetRequest(GRANULE_ID, GRANULE_NAME, Source(GRANULE_ID, global_tif.as_uri()), "image/tiff")
+    with pytest.raises(TransformError) as raised:
+        subset_module.subset(request, DatasetPool(0), tmp_path)
+    assert raised.value.message == f"Cannot process granule {GRANULE_ID}: GDAL could not read, warp or write it as asked."
+    assert "TIFFAppendToStrip" in caplog.text and global_tif.as_uri() in caplog.text

@@ -19,9 +19,11 @@ from rasterio.transform import from_origin
 
 from geomesh.errors import (
     RequestValidationError,
+    TransformError,
     UnsupportedOperationError,
 )
 from geomesh.model import BBox, TimeRange
+from geomesh.rpc import open_channel
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import request_pb2, transformer_pb2, transformer_pb2_grpc, types_pb2
 from transformers.grids import GridSpec, grid_spec, output_grid, target_crs
@@ -391,7 +393,7 @@ def _with_crs(item: transformer_pb2.WorkItem, crs: str) -> transformer_pb2.WorkI
 async def test_the_grpc_service_streams_the_output(files: dict[str, Path], tmp_path: Path) -> None:
     server = await serve(TransformerSettings(family="netcdf", port=0, scratch_dir=tmp_path, workers=1))
     try:
-        async with grpc.aio.insecure_channel(server.address) as channel:
+        async with open_channel(server.address, "transformer") as channel:
             stub = transformer_pb2_grpc.TransformerStub(channel)
             info = await stub.Describe(transformer_pb2.DescribeRequest())
             assert info.family == "netcdf" and list(info.output_formats) == [NETCDF4, TIFF, ZARR]
@@ -424,3 +426,16 @@ def test_granules_on_several_threads_at_once(files: dict[str, Path], tmp_path: P
     with ThreadPoolExecutor(4) as pool:
         outputs = list(pool.map(one, range(24)))
     assert all(output.size_bytes > 0 and output.bbox == BBox(-10, -5, 10, 5) for output in outputs)
+
+
+def test_an_unreadable_granule_names_the_granule_not_the_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """netCDF-C's message names the file (a scratch copy, for a remote granule): it goes to the log only."""
+    broken = tmp_path / "broken.nc"
+    broken.write_bytes(b"CDF\x01 not really")
+    with pytest.raises(TransformError) as raised:
+        run(broken, tmp_path)
+    assert raised.value.message == (
+        "Cannot process granule G1-TEST: it could not be read, subset or written as application/x-netcdf4."
+    )
+    assert str(tmp_path) in caplog.text and "G1-TEST" in caplog.text  # the detail is kept for the operator
+    assert [r.levelname for r in caplog.records if str(tmp_path) in r.getMessage()] == ["WARNING"]

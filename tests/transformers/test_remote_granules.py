@@ -81,7 +81,7 @@ def _item(granule_id: str, href: str, media_type: str, token: str = "") -> trans
 
 
 async def _transform(server: TransformerServer, item: transformer_pb2.WorkItem) -> bytes:
-    async with open_channel(server.address) as channel:
+    async with open_channel(server.address, "transformer") as channel:
         with rpc_errors():
             messages = [m async for m in transformer_pb2_grpc.TransformerStub(channel).Transform(item, timeout=60)]
     assert messages[0].WhichOneof("item") == "header"

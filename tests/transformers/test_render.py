@@ -64,7 +64,7 @@ async def server() -> AsyncIterator[TransformerServer]:
 
 @pytest.fixture(scope="module")
 async def stub(server: TransformerServer) -> AsyncIterator[transformer_pb2_grpc.TransformerStub]:
-    async with open_channel(server.address) as channel:
+    async with open_channel(server.address, "transformer") as channel:
         yield transformer_pb2_grpc.TransformerStub(channel)
 
 

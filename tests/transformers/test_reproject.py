@@ -53,7 +53,7 @@ def granules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 async def stub(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[transformer_pb2_grpc.TransformerStub]:
     settings = TransformerSettings(port=0, workers=2, scratch_dir=tmp_path_factory.mktemp("scratch"))
     running: TransformerServer = await serve(settings)
-    async with open_channel(running.address) as channel:
+    async with open_channel(running.address, "transformer") as channel:
         yield transformer_pb2_grpc.TransformerStub(channel)
     await running.stop(0)
 
@@ -216,3 +216,46 @@ def test_a_crs_no_grid_can_be_warped_to_is_a_request_error(text: str) -> None:
     """Geocentric and vertical CRSs, and unknown codes, sent straight to a transformer: a 400, not a GDAL failure."""
     with pytest.raises(RequestValidationError, match="could not be parsed"):
         target_crs(text)
+
+
+ORTHO = "+proj=ortho +lon_0=-60"  # the hemisphere around 60 W: Australia is on its far side
+
+
+async def test_an_area_the_output_crs_does_not_cover_is_a_request_error(
+    stub: transformer_pb2_grpc.TransformerStub, granules: dict[str, Path]
+) -> None:
+    """Was a 500: GDAL found no output grid ("Too many points (441 out of 441) failed to transform")."""
+    with pytest.raises(RequestValidationError) as raised:
+        await transform(stub, work_item(granules["world"], bbox=BBox(110, -45, 156, -9), crs=ORTHO))
+    message = raised.value.message
+    assert message.startswith("The requested area of granule G1-TEST (110,-46,156,-8 as west,south,east,north) cannot be "
+                              "projected to the outputCrs +proj=ortho +lon_0=-60: that CRS covers only part of the Earth")
+    assert "Subset to an area the CRS covers (e.g. subset=lat(south:north)&subset=lon(west:east))" in message
+    assert "points" not in message
+
+
+async def test_an_orthographic_view_of_the_world_has_the_bbox_of_its_data(
+    stub: transformer_pb2_grpc.TransformerStub, granules: dict[str, Path]
+) -> None:
+    """The grid's corners are off the Earth: GDAL's WGS84 bounds of it were a quarter of the view, or
+    infinities (written into the job's links and STAC items); the source's bbox holds the output."""
+    header, body = await transform(stub, work_item(granules["world"], crs=ORTHO))
+    assert (header.bbox.west, header.bbox.south, header.bbox.east, header.bbox.north) == (-180, -90, 180, 90)
+    with MemoryFile(body).open() as dataset:
+        assert dataset.read(1).any()
+    off_the_earth = work_item(granules["world"], crs=ORTHO, scale_extent=[7e6, 7e6, 8e6, 8e6])
+    header, _ = await transform(stub, off_the_earth)
+    assert (header.bbox.west, header.bbox.south, header.bbox.east, header.bbox.north) == (-180, -90, 180, 90)
+    part = work_item(granules["world"], bbox=BBox(-100, -10, -20, 10), crs=ORTHO)
+    header, _ = await transform(stub, part)
+    bbox = (header.bbox.west, header.bbox.south, header.bbox.east, header.bbox.north)
+    assert bbox == pytest.approx((-100, -10, -20, 10), abs=2)
+
+
+def test_edges_on_earth() -> None:
+    from transformers.grids import edges_on_earth
+
+    ortho = target_crs(ORTHO)
+    assert edges_on_earth(ortho, (-4e6, -4e6, 4e6, 4e6))
+    assert not edges_on_earth(ortho, (-6.4e6, -6.4e6, 6.4e6, 6.4e6))  # the disc's bounding square
+    assert edges_on_earth(target_crs("EPSG:6933"), (-17e6, -7e6, 17e6, 7e6))

@@ -29,7 +29,7 @@ async def server() -> AsyncIterator[TransformerServer]:
 
 @pytest.fixture(scope="module")
 async def stub(server: TransformerServer) -> AsyncIterator[transformer_pb2_grpc.TransformerStub]:
-    async with open_channel(server.address) as channel:
+    async with open_channel(server.address, "transformer") as channel:
         yield transformer_pb2_grpc.TransformerStub(channel)
 
 
@@ -117,6 +117,6 @@ async def test_unknown_variables_and_pixels_off_the_map_are_refused(stub: transf
 
 
 async def test_families_that_draw_no_maps_refuse_sample(mesh: Mesh) -> None:
-    async with open_channel(mesh.transformer_addresses["netcdf"]) as channel:
+    async with open_channel(mesh.transformer_addresses["netcdf"], "transformer") as channel:
         with pytest.raises(UnsupportedOperationError, match="no map pixels to query"):
             await call(transformer_pb2_grpc.TransformerStub(channel), sample_request(i=0, j=0))

@@ -304,3 +304,13 @@ def test_output_bbox_is_where_the_swath_falls_on_the_grid(swath_file: Path, tmp_
     )
     assert 20 <= part.bbox.west < part.bbox.east <= 23 and 10 <= part.bbox.south < part.bbox.north <= 13
     assert part.bbox.east > 22.5 and part.bbox.north > 12.5  # the swath covers that corner
+
+
+def test_an_unreadable_granule_names_the_granule_not_the_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """HDF5's message names the file (for a remote granule, geomesh's private copy of it): logged, not sent."""
+    not_netcdf = tmp_path / "plain.nc"
+    not_netcdf.write_bytes(b"not a NetCDF file")
+    with pytest.raises(TransformError) as raised:
+        regrid_granule(RegridRequest("G1-TEST", "a", Source("G1-TEST", not_netcdf.as_uri()), NETCDF), DataAccess(), tmp_path)
+    assert raised.value.message == "Cannot process granule G1-TEST: it could not be read as NetCDF-4 (HDF5)."
+    assert "plain.nc" in caplog.text

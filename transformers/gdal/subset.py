@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pyproj
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
+from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -27,6 +29,7 @@ from shapely.geometry.base import BaseGeometry
 
 from geomesh.errors import RequestValidationError, UnsupportedOperationError
 from geomesh.model import BBox
+from transformers.failures import unprocessable
 from transformers.gdal.datasets import DatasetPool
 from transformers.gdal.formats import (
     EXTENSIONS,
@@ -38,7 +41,7 @@ from transformers.gdal.formats import (
 )
 from transformers.gdal.masking import crop_area, masked_crop
 from transformers.gdal.reproject import warped
-from transformers.grids import Grid, GridSpec, output_grid, target_crs
+from transformers.grids import Grid, GridSpec, edges_on_earth, output_grid, target_crs
 from transformers.serving import FileOutput, chosen_format
 from transformers.sources import Source
 
@@ -89,6 +92,14 @@ def output_file_name(
 
 def subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None = None) -> FileOutput:
     """Read only the requested bands and window of a granule and write them in the requested format."""
+    try:
+        return _subset(request, pool, scratch_dir)
+    except (CPLE_BaseError, RasterioError) as error:  # GDAL's message names scratch and /vsimem/ files
+        problem = "GDAL could not read, warp or write it as asked"
+        raise unprocessable(request.granule_id, problem, error, request.source.href) from error
+
+
+def _subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None) -> FileOutput:
     media_type = output_format(request.media_type)
     with pool.open(request.source) as src:
         bands = _band_indexes(src, request.variables, request.granule_id)
@@ -132,7 +143,7 @@ def _output(
         return _wgs84_bounds(src, window), _write(src, src, bands, window, writer, scratch_dir, extension), None
     with warped(src, window, grid, request.grid.resampling, add_alpha=has_mask_band(src, bands)) as vrt:
         whole = Window(0, 0, vrt.width, vrt.height)
-        return _wgs84_bounds(vrt, whole), _write(vrt, src, bands, whole, writer, scratch_dir, extension), grid
+        return _warped_bounds(vrt, src, window), _write(vrt, src, bands, whole, writer, scratch_dir, extension), grid
 
 
 def _warp_grid(src: DatasetReader, window: Window, spec: GridSpec, granule_id: str) -> Grid | None:
@@ -144,7 +155,8 @@ def _warp_grid(src: DatasetReader, window: Window, spec: GridSpec, granule_id: s
     crs = target_crs(spec.crs) if spec.crs else src.crs
     if not spec.regrids and _same_crs(crs.to_wkt(), src.crs.to_wkt()):
         return None
-    return output_grid(src.crs, window_bounds(window, src.transform), (int(window.width), int(window.height)), crs, spec)
+    bounds = window_bounds(window, src.transform)
+    return output_grid(src.crs, bounds, (int(window.width), int(window.height)), crs, spec, granule_id)
 
 
 @lru_cache(maxsize=256)
@@ -218,7 +230,19 @@ def _pixel_span(start: float, stop: float, size: int) -> tuple[int, int]:
     return first, last
 
 
-def _wgs84_bounds(src: DatasetReader, window: Window) -> BBox | None:
+def _warped_bounds(vrt: WarpedVRT, src: DatasetReader, window: Window) -> BBox | None:
+    """A warped output's WGS84 bbox: its edges projected back, when they all lie on the Earth.
+
+    Where the output CRS covers part of the Earth only (an orthographic view), the grid reaches
+    past it, and GDAL's answer held infinities, swapped edges or a quarter of the area: the bbox
+    of the source area is used then, which holds all of the output's data."""
+    whole = Window(0, 0, vrt.width, vrt.height)
+    if vrt.crs is None or not edges_on_earth(vrt.crs, window_bounds(whole, vrt.transform)):
+        return _wgs84_bounds(src, window)
+    return _wgs84_bounds(vrt, whole)
+
+
+def _wgs84_bounds(src: DatasetReader | WarpedVRT, window: Window) -> BBox | None:
     if src.crs is None:
         return None
     left, bottom, right, top = window_bounds(window, src.transform)

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import xarray as xr
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 
-from geomesh.errors import GeomeshError, TransformError, UnsupportedOperationError
+from geomesh.errors import GeomeshError, UnsupportedOperationError
 from geomesh.model import BBox, TimeRange
+from transformers.failures import unprocessable
 from transformers.grids import GridSpec
 from transformers.netcdf.grids import (
     Axes,
@@ -93,9 +96,10 @@ def process(request: NetcdfRequest, access: DataAccess, scratch_dir: Path | None
         axes, notes = selection.axes, selection.notes
         grid = target_grid(ds, axes, request.grid, sizes, request.granule_id)
         if grid is not None:
+            # Where the grid's own extent cannot be told (it reaches past its CRS), the source area's holds the data.
+            bbox: BBox | None = grid_extent(grid) or wgs84_extent(ds, axes, sizes)
             ds = regrid(ds, axes, grid, request.grid)
             notes.append(f"regridded to {grid.crs.to_string()} ({grid.width}x{grid.height})")
-            bbox: BBox | None = grid_extent(grid)
             x_dim, y_dim = ("lon", "lat") if grid.crs.is_geographic else ("x", "y")
         else:
             bbox = wgs84_extent(ds, axes, sizes)
@@ -107,8 +111,10 @@ def process(request: NetcdfRequest, access: DataAccess, scratch_dir: Path | None
         path = _write(ds, request.media_type, scratch_dir, (x_dim, y_dim) if on_grid else None, request.granule_id)
     except GeomeshError:
         raise
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise TransformError(f"Cannot process granule {request.granule_id} ({request.source.href}): {error}") from error
+    except (OSError, ValueError, RuntimeError, KeyError, CPLE_BaseError, RasterioError) as error:  # GDAL's too, for warps
+        raise unprocessable(
+            request.granule_id, f"it could not be read, subset or written as {request.media_type}", error, request.source.href
+        ) from error
     return FileOutput(
         path=path,
         media_type=request.media_type,

@@ -15,7 +15,7 @@ from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
 
 from geomesh.model import BBox
-from transformers.grids import Grid, GridSpec, output_grid, target_crs
+from transformers.grids import Grid, GridSpec, edges_on_earth, output_grid, target_crs
 from transformers.netcdf.grids import Axes, north_up_transform, require_grid, source_crs
 
 GRID_MAPPING = "crs"
@@ -39,7 +39,7 @@ def target_grid(
     lats, lons = ds[lat].values, ds[lon].values
     shape = (lons.size, lats.size)
     bounds = array_bounds(shape[1], shape[0], north_up_transform(lats, lons, sizes, granule_id))
-    return output_grid(CRS.from_wkt(src_crs.to_wkt()), bounds, shape, crs, spec)
+    return output_grid(CRS.from_wkt(src_crs.to_wkt()), bounds, shape, crs, spec, granule_id)
 
 
 def regrid(ds: xr.Dataset, axes: Axes, grid: Grid, spec: GridSpec) -> xr.Dataset:
@@ -121,15 +121,16 @@ def _bounds_of(ds: xr.Dataset, *names: str) -> list[str]:
     return found
 
 
-def grid_extent(grid: Grid) -> BBox:
-    """The warped grid's extent in WGS84 (densified, so curved edges are covered)."""
+def grid_extent(grid: Grid) -> BBox | None:
+    """The warped grid's extent in WGS84 (densified, so curved edges are covered); None when the
+    grid reaches past the part of the Earth its CRS covers (an orthographic view)."""
     left, top = grid.transform.c, grid.transform.f
     right = left + grid.transform.a * grid.width
     bottom = top + grid.transform.e * grid.height
-    west, south, east, north = transform_bounds(
-        grid.crs, CRS.from_epsg(4326), min(left, right), min(top, bottom), max(left, right), max(top, bottom),
-        densify_pts=21,
-    )
+    bounds = (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+    if not edges_on_earth(grid.crs, bounds):
+        return None
+    west, south, east, north = transform_bounds(grid.crs, CRS.from_epsg(4326), *bounds, densify_pts=21)
     if not all(np.isfinite((west, south, east, north))):
-        return BBox(-180.0, -90.0, 180.0, 90.0)
+        return None
     return BBox(west, south, east, north)

@@ -8,9 +8,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 
-from geomesh.errors import TransformError
+from transformers.failures import unprocessable
 from transformers.grids import GridSpec
 from transformers.serving import FileOutput
 from transformers.sources import DataAccess, Source
@@ -53,8 +54,11 @@ def regrid_granule(request: RegridRequest, access: DataAccess, scratch_dir: Path
                 write_netcdf(swath, grid, values, path, history=f"regridded by geomesh (swath) from {request.granule_name}")
             else:
                 write_cog(swath, grid, values, path)
-        except (RasterioError, OSError, ValueError) as error:
-            raise TransformError(f"Cannot regrid granule {request.granule_id}: {error}") from error
+        except (CPLE_BaseError, RasterioError, OSError, ValueError) as error:
+            raise unprocessable(
+                request.granule_id, f"its swath could not be regridded or written as {request.media_type}", error,
+                request.source.href,
+            ) from error
     except BaseException:
         path.unlink(missing_ok=True)  # no half-written output is left behind
         raise

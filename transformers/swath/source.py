@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from geomesh.errors import TransformError
+from transformers.failures import unprocessable
 
 # HDF5 and netCDF-C bookkeeping attributes: not the data's own metadata.
 _INTERNAL_ATTRIBUTES = {"DIMENSION_LIST", "REFERENCE_LIST", "CLASS", "NAME", "_Netcdf4Dimid", "_Netcdf4Coordinates"}
@@ -76,7 +77,7 @@ def read_swath(path: Path, granule_id: str) -> Swath:
             )
             attrs = _attrs(nc)
     except OSError as error:
-        raise TransformError(f"Cannot read granule {granule_id} ({path.name}) as NetCDF-4: {error}") from error
+        raise unprocessable(granule_id, "it could not be read as NetCDF-4 (HDF5)", error, path) from error
     if not variables:
         raise TransformError(f"Granule {granule_id} has no variables on its lat/lon swath to regrid.")
     return Swath(lat=lat, lon=lon, variables=variables, time=time_variable, attrs=attrs)
