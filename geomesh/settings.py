@@ -56,8 +56,19 @@ class TransformerSettings(_Service):
 
     port: int = 50061
     family: str = "gdal"
-    # Raster work runs on this many threads, off the event loop.
-    workers: int = Field(default=4, ge=1)
+    # Raster work runs in worker processes: `workers` for any item, `light_workers` for items whose
+    # output has at most `light_pixels` pixels (crops, small maps), so they never wait behind big ones.
+    workers: int = Field(default=2, ge=1)
+    light_workers: int = Field(default=2, ge=1)
+    light_pixels: int = Field(default=4 * 1024 * 1024, ge=1)
+    # Items waiting for a worker, per pool; more are refused with a 429 and Retry-After.
+    max_queued: int = Field(default=32, ge=0)
+    # The most one item's output may take in memory (pixels x bands x bytes); larger: a 413.
+    max_output_bytes: int = Field(default=512 * 1024**2, ge=1)
+    # A worker above this resident size is killed and its item fails with a 413.
+    worker_memory_bytes: int = Field(default=3 * 1024**3, ge=64 * 1024**2)
+    # GDAL's block cache, per worker process.
+    gdal_cache_bytes: int = Field(default=256 * 1024**2, ge=1024**2)
     # Open datasets kept between requests (GDAL's block cache makes repeated crops cheap).
     open_datasets: int = Field(default=64, ge=0)
     chunk_bytes: int = Field(default=256 * 1024, ge=4096)

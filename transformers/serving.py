@@ -1,23 +1,32 @@
-"""What every transformer shares: blocking work off the event loop, its output file streamed, then deleted.
+"""What every transformer shares: raster work in worker processes, its output file streamed, then deleted.
 
 A transformer family (gdal, netcdf, swath) subclasses FileTransformer and implements `prepare`:
-check a WorkItem on the event loop (bad requests fail fast, before a thread is taken) and return
-the blocking function that writes the output to a scratch file. Everything else (the worker
-threads, streaming in chunk_bytes pieces, deleting the file whatever happens to the call, the
-gRPC server) lives here once.
+check a WorkItem on the event loop (bad requests fail fast, before a worker is taken) and return
+the task that writes the output to a scratch file, given the request's Budget. Everything else
+lives here once: the worker pools (transformers.workers), streaming in chunk_bytes pieces, deleting
+the output whatever happens to the call, and the gRPC server.
+
+Two pools: light workers take every item first, and hand it on to the heavy workers as soon as its
+output grid turns out larger than `light_pixels`, so a crop is never stuck behind whole-granule
+warps; each pool queues at most `max_queued` items (beyond them: a 429). A request whose output
+would exceed `max_output_bytes` in memory is refused (413) before any pixel is read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
+import functools
+import shutil
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from geomesh.errors import (
+    GeomeshError,
+    PayloadTooLargeError,
     RequestValidationError,
     TransformError,
     UnsupportedOperationError,
@@ -30,6 +39,7 @@ from geomesh.settings import TransformerSettings
 from geomesh.v1 import transformer_pb2, transformer_pb2_grpc, types_pb2
 from transformers.scratch import Scratch
 from transformers.sources import DataAccess, Source
+from transformers.workers import WorkerPool
 
 SERVICE_NAME = "geomesh.v1.Transformer"
 
@@ -46,26 +56,76 @@ class FileOutput:
     size_bytes: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Budget:
+    """What one item may cost: its output's size in memory, and (on a light worker) its pixels."""
+
+    max_bytes: int | None = None
+    light_pixels: int | None = None  # None: any number (a heavy worker)
+
+    def check(self, what: str, width: int, height: int, bands: int, itemsize: int) -> None:
+        """413 above max_bytes; NeedsHeavyWorker when a light worker should not do it."""
+        self.check_bytes(what, width * height * max(1, bands) * itemsize, f"{width} x {height} pixels x {bands} variables")
+        if self.light_pixels is not None and width * height > self.light_pixels:
+            raise NeedsHeavyWorker(what)
+
+    def check_bytes(self, what: str, size: int, shape: str) -> None:
+        if self.max_bytes is not None and size > self.max_bytes:
+            raise PayloadTooLargeError(
+                f"The output of {what} would be {shape} ({size >> 20} MiB in memory), more than the "
+                f"{self.max_bytes >> 20} MiB one request may use: ask for a smaller area, fewer variables or a "
+                "coarser grid (scaleSize, width/height)."
+            )
+
+
+class NeedsHeavyWorker(GeomeshError):
+    """Raised on a light worker: this item is too big for it (never reaches a client)."""
+
+
+def data_access(settings: TransformerSettings) -> DataAccess:
+    return DataAccess(
+        allowed_urls=tuple(settings.allowed_urls),
+        token_hosts=tuple(settings.token_hosts),
+        s3=S3Clients(settings.s3),
+        timeout_seconds=settings.http_timeout_seconds,
+        max_download_bytes=settings.max_download_bytes,
+    )
+
+
 class FileTransformer(transformer_pb2_grpc.TransformerServicer):
     """Describe and Transform for a family; subclasses say what they do and implement `prepare`."""
 
     family: str = ""
     operations: tuple[str, ...] = ()
     output_formats: tuple[str, ...] = ()
+    # Whether items go to a light worker first (families that can tell their output grid early).
+    light_first: bool = True
 
     def __init__(self, settings: TransformerSettings) -> None:
         self.settings = settings
-        self.executor = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix=self.family)
         self.output_bytes = OUTPUT_BYTES.labels(f"transformer-{self.family}")
-        # Scratch files of this process only; a killed predecessor's are swept here.
+        # Scratch files of this process only (its workers' tasks below it); a killed predecessor's are swept here.
         self.scratch = Scratch.open(settings.scratch_dir, self.family)
-        self.access = DataAccess(
-            allowed_urls=tuple(settings.allowed_urls),
-            token_hosts=tuple(settings.token_hosts),
-            s3=S3Clients(settings.s3),
-            timeout_seconds=settings.http_timeout_seconds,
-            max_download_bytes=settings.max_download_bytes,
+        self.access = data_access(settings)
+        setup = functools.partial(type(self).worker_setup, settings)
+        pools = {"light": settings.light_workers, "heavy": settings.workers}
+        self.light, self.heavy = (
+            WorkerPool(
+                f"{self.family}-{kind}", self.family, setup, size, self.scratch.path, max_queued=settings.max_queued,
+                memory_limit_bytes=settings.worker_memory_bytes, gdal_cache_bytes=settings.gdal_cache_bytes,
+            )
+            for kind, size in pools.items()
         )
+        # Outputs made and not yet streamed (a slow caller): bounds the scratch space they take.
+        self._pending = asyncio.Semaphore(settings.workers + settings.light_workers)
+
+    @staticmethod
+    def worker_setup(settings: TransformerSettings) -> Any:
+        """What the family's tasks use in a worker (open datasets, ...), made once per worker."""
+        return data_access(settings)
+
+    async def start(self) -> None:
+        await asyncio.gather(self.light.start(), self.heavy.start())
 
     def source(self, granule: types_pb2.Granule, token: str) -> Source:
         """The granule's data link, read with the caller's token where its host takes it."""
@@ -77,8 +137,9 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
         self.access.check(source)
         return source
 
-    def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
-        """Check the item (raising geomesh.errors for bad ones) and return the blocking work to run."""
+    def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[Budget], FileOutput]:
+        """Check the item (raising geomesh.errors for bad ones) and return the task to run in a
+        worker: a module-level function with its (picklable) arguments, taking the item's Budget."""
         raise NotImplementedError
 
     async def Describe(
@@ -91,17 +152,18 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
     async def Transform(
         self, request: transformer_pb2.WorkItem, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[transformer_pb2.OutputChunk]:
-        work = self.prepare(request)
-        result = await self._run(work)
-        try:
-            yield transformer_pb2.OutputChunk(header=_header(result, request.granule))
-            loop = asyncio.get_running_loop()
-            with open(result.path, "rb") as output:
-                while chunk := await loop.run_in_executor(None, output.read, self.settings.chunk_bytes):
-                    self.output_bytes.inc(len(chunk))
-                    yield transformer_pb2.OutputChunk(data=chunk)
-        finally:
-            result.path.unlink(missing_ok=True)
+        task = self.prepare(request)
+        async with self._pending:
+            result = await self.run(task, f"granule {request.granule.id}")
+            try:
+                yield transformer_pb2.OutputChunk(header=_header(result, request.granule))
+                loop = asyncio.get_running_loop()
+                with open(result.path, "rb") as output:
+                    while chunk := await loop.run_in_executor(None, output.read, self.settings.chunk_bytes):
+                        self.output_bytes.inc(len(chunk))
+                        yield transformer_pb2.OutputChunk(data=chunk)
+            finally:
+                shutil.rmtree(result.path.parent, ignore_errors=True)  # the task's own scratch folder
 
     async def Render(
         self, request: transformer_pb2.RenderRequest, context: grpc.aio.ServicerContext
@@ -121,18 +183,21 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
             "has no WMS GetFeatureInfo; use the rangeset instead."
         )
 
-    async def _run(self, work: Callable[[], FileOutput]) -> FileOutput:
-        """Run on a worker thread; if the caller goes away first, the output is deleted when done."""
-        future = self.executor.submit(work)
-        try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            future.add_done_callback(_discard_output)
-            raise
+    async def run(self, task: Callable[[Budget], FileOutput], what: str) -> FileOutput:
+        """The task on a light worker, or a heavy one if it is (or turns out) too big; its output
+        stays in its scratch folder until the caller removes it. A caller that goes away stops it."""
+        budget = Budget(self.settings.max_output_bytes, self.settings.light_pixels)
+        if self.light_first:
+            try:
+                return await self.light.run(functools.partial(task, budget), what, keep_scratch=True)
+            except NeedsHeavyWorker:
+                pass
+        heavy = dataclasses.replace(budget, light_pixels=None)
+        return await self.heavy.run(functools.partial(task, heavy), what, keep_scratch=True)
 
     async def close(self) -> None:
-        """Let running work finish; subclasses also release what they keep open."""
-        await asyncio.to_thread(self.executor.shutdown, wait=True, cancel_futures=True)
+        """Stop the workers (work still running is killed); subclasses also release what they keep."""
+        await asyncio.gather(self.light.close(), self.heavy.close())
         self.scratch.close()
 
 
@@ -146,11 +211,6 @@ def chosen_format(media_type: str, family: str, formats: Sequence[str], aliases:
             f"The {family} transformer cannot write {media_type!r}; it writes these formats: {', '.join(formats)}."
         )
     return normalized
-
-
-def _discard_output(future: concurrent.futures.Future[FileOutput]) -> None:
-    if not future.cancelled() and future.exception() is None:
-        future.result().path.unlink(missing_ok=True)
 
 
 def _header(result: FileOutput, granule: types_pb2.Granule) -> transformer_pb2.OutputHeader:
@@ -183,6 +243,7 @@ async def serve_transformer(
 ) -> TransformerServer:
     """Start a transformer on settings.host:settings.port (0 picks a free port)."""
     transformer = make(settings)
+    await transformer.start()
     running = await start_server(
         f"transformer-{transformer.family}",
         lambda server: transformer_pb2_grpc.add_TransformerServicer_to_server(transformer, server),

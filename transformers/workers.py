@@ -159,6 +159,16 @@ class WorkerPool:
     def pids(self) -> set[int]:
         return set(self._all)
 
+    @property
+    def waiting(self) -> int:
+        """Tasks queued for a worker."""
+        return self._waiting
+
+    @property
+    def busy(self) -> int:
+        """Workers running a task now."""
+        return len(self._all) - self._idle.qsize()
+
     async def run(self, task: Callable[[], T], what: str, *, keep_scratch: bool = False) -> T:
         """Run task in a worker; `what` names the work in errors (e.g. "granule G1").
 

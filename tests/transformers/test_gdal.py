@@ -265,29 +265,6 @@ async def test_cancel_mid_stream_leaves_nothing(stub: transformer_pb2_grpc.Trans
     assert call.cancelled()
 
 
-async def test_output_of_work_cancelled_while_running_is_removed(
-    global_tif: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    started, release = threading.Event(), threading.Event()
-    real_subset = service.subset
-
-    def held_subset(*args: object) -> object:
-        started.set()
-        release.wait(5)
-        return real_subset(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(service, "subset", held_subset)
-    transformer = GdalTransformer(TransformerSettings(port=0, workers=1, scratch_dir=tmp_path))
-    task = asyncio.create_task(transformer._run(transformer.prepare(work_item(global_tif))))
-    assert await asyncio.to_thread(started.wait, 5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    release.set()
-    await transformer.close()  # waits for the worker, whose output is then deleted
-    assert list(tmp_path.iterdir()) == []
-
-
 @pytest.mark.parametrize(
     ("changes", "error", "words"),
     [

@@ -36,9 +36,8 @@ _Key = tuple[str, tuple[int, int] | None]  # path, local file version
 class DatasetPool:
     """Idle handles per path, least recently used path evicted first above `max_idle` handles."""
 
-    def __init__(self, max_idle: int, access: DataAccess | None = None, scratch_dir: Path | None = None) -> None:
+    def __init__(self, max_idle: int, access: DataAccess | None = None) -> None:
         self.access = access or DataAccess()
-        self.scratch_dir = scratch_dir
         self._max_idle = max_idle
         self._idle: OrderedDict[_Key, list[DatasetReader]] = OrderedDict()
         self._idle_count = 0
@@ -50,7 +49,7 @@ class DatasetPool:
         return self._idle_count
 
     @contextmanager
-    def open(self, source: Source) -> Iterator[DatasetReader]:
+    def open(self, source: Source, scratch_dir: Path | None = None) -> Iterator[DatasetReader]:
         """Lend an open dataset of `source` to the calling thread until the block exits.
 
         GDAL's failures, opening or reading in the block, become the geomesh error that says why
@@ -58,7 +57,7 @@ class DatasetPool:
         """
         if self.access.gets_token(source):
             # Not pooled: the copy is deleted when the block ends, and with it the disk it takes.
-            with self.access.local_file(source, self.scratch_dir) as copy:
+            with self.access.local_file(source, scratch_dir) as copy:
                 try:
                     with rasterio.open(copy) as dataset:
                         yield dataset

@@ -6,7 +6,6 @@ domain terms. A rendered map is small, so it is returned in one message instead 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import math
 import re
@@ -32,12 +31,15 @@ from transformers.gdal.sample import Sampled, SampleSpec, sample
 from transformers.gdal.subset import EXTENSIONS, SubsetRequest, output_format, subset
 from transformers.grids import grid_spec_of
 from transformers.serving import (
+    Budget,
     FileOutput,
     FileTransformer,
     TransformerServer,
+    data_access,
     serve_transformer,
 )
 from transformers.sources import Source
+from transformers.workers import current
 
 # A rendered map travels in one message: leave room under the gRPC message limit.
 MAP_BYTES_LIMIT = MESSAGE_LIMIT - 64 * 1024
@@ -160,27 +162,44 @@ def _background(bgcolor: str) -> tuple[int, int, int]:
     return (value >> 16, (value >> 8) & 0xFF, value & 0xFF)
 
 
+def subset_task(request: SubsetRequest, budget: Budget) -> FileOutput:
+    """In a worker: the subset, with the worker's open datasets, into the task's scratch folder."""
+    state = current()
+    pool: DatasetPool = state.resources
+    return subset(request, pool, state.scratch, budget)
+
+
+def render_task(spec: RenderSpec) -> Rendered:
+    pool: DatasetPool = current().resources
+    return render(spec, pool)
+
+
+def sample_task(spec: SampleSpec) -> Sampled:
+    pool: DatasetPool = current().resources
+    return sample(spec, pool)
+
+
 class GdalTransformer(FileTransformer):
-    """Transform (subset, warp, write) and Render (maps); keeps datasets open between requests."""
+    """Transform (subset, warp, write) and Render (maps); each worker keeps datasets open between requests."""
 
     family = "gdal"
     operations = OPERATIONS
     output_formats = tuple(EXTENSIONS)
 
-    def __init__(self, settings: TransformerSettings) -> None:
-        super().__init__(settings)
-        self._pool = DatasetPool(settings.open_datasets, self.access, self.scratch.path)
+    @staticmethod
+    def worker_setup(settings: TransformerSettings) -> DatasetPool:
+        return DatasetPool(settings.open_datasets, data_access(settings))
 
-    def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
+    def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[Budget], FileOutput]:
         work = subset_request(item, self.source(item.granule, item.access_token))
-        return functools.partial(subset, work, self._pool, self.scratch.path)
+        return functools.partial(subset_task, work)
 
     async def Render(
         self, request: transformer_pb2.RenderRequest, context: grpc.aio.ServicerContext
     ) -> transformer_pb2.RenderedMap:
         spec = render_spec(request, lambda granule: self.source(granule, request.access_token))
-        # Cancelling the wait (the caller left) also cancels a render that has not started.
-        rendered: Rendered = await asyncio.wrap_future(self.executor.submit(render, spec, self._pool))
+        # At most 4096 x 4096: a light worker's work. Cancelling the wait (the caller left) stops it.
+        rendered = await self.light.run(functools.partial(render_task, spec), "a map")
         if len(rendered.content) > MAP_BYTES_LIMIT:
             raise PayloadTooLargeError(
                 f"The {spec.width}x{spec.height} map is {len(rendered.content)} bytes encoded: ask for fewer pixels"
@@ -200,7 +219,7 @@ class GdalTransformer(FileTransformer):
         self, request: transformer_pb2.SampleRequest, context: grpc.aio.ServicerContext
     ) -> transformer_pb2.Samples:
         spec = sample_spec(request, lambda granule: self.source(granule, request.access_token))
-        sampled: Sampled = await asyncio.wrap_future(self.executor.submit(sample, spec, self._pool))
+        sampled = await self.light.run(functools.partial(sample_task, spec), "a map point")
         times = {g.id: g.temporal for g in request.granules if g.HasField("temporal")}
         answer = transformer_pb2.Samples(lon=sampled.lon, lat=sampled.lat)
         for granule in sampled.granules:
@@ -210,11 +229,6 @@ class GdalTransformer(FileTransformer):
             for value in granule.values:
                 found.values.add(variable=value.variable, value=value.value, data_type=value.data_type)
         return answer
-
-    async def close(self) -> None:
-        """Let running work finish, then close every pooled dataset."""
-        await super().close()
-        self._pool.close()
 
 
 async def serve(settings: TransformerSettings) -> TransformerServer:

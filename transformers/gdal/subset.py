@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pyproj
 import rasterio
 from rasterio._err import CPLE_BaseError
@@ -42,7 +43,7 @@ from transformers.gdal.formats import (
 from transformers.gdal.masking import crop_area, masked_crop
 from transformers.gdal.reproject import warped
 from transformers.grids import Grid, GridSpec, edges_on_earth, output_grid, target_crs
-from transformers.serving import FileOutput, chosen_format
+from transformers.serving import Budget, FileOutput, chosen_format
 from transformers.sources import Source
 
 WGS84 = CRS.from_epsg(4326)
@@ -90,18 +91,21 @@ def output_file_name(
     return name + EXTENSIONS[media_type]
 
 
-def subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None = None) -> FileOutput:
-    """Read only the requested bands and window of a granule and write them in the requested format."""
+def subset(
+    request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None = None, budget: Budget = Budget()
+) -> FileOutput:
+    """Read only the requested bands and window of a granule and write them in the requested format,
+    once the output's grid is known to be within budget."""
     try:
-        return _subset(request, pool, scratch_dir)
+        return _subset(request, pool, scratch_dir, budget)
     except (CPLE_BaseError, RasterioError) as error:  # GDAL's message names scratch and /vsimem/ files
         problem = "GDAL could not read, warp or write it as asked"
         raise unprocessable(request.granule_id, problem, error, request.source.href) from error
 
 
-def _subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None) -> FileOutput:
+def _subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None, budget: Budget) -> FileOutput:
     media_type = output_format(request.media_type)
-    with pool.open(request.source) as src:
+    with pool.open(request.source, scratch_dir) as src:
         bands = _band_indexes(src, request.variables, request.granule_id)
         if media_type != TIFF and len(bands) > 4:
             raise RequestValidationError(
@@ -110,10 +114,12 @@ def _subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None)
             )
         if request.shape is None:
             window = _window(src, request.bbox, request.granule_id)
+            _within(budget, src, bands, window, request)
             bbox, path, grid = _output(src, bands, window, request, scratch_dir)
         else:
             area = crop_area(request.shape, request.bbox)
             window = _window(src, area, request.granule_id, subject="shape")
+            _within(budget, src, bands, window, request)
             with masked_crop(src, bands, window, request.shape, area, request.granule_id, scratch_dir) as cropped:
                 whole = Window(0, 0, cropped.width, cropped.height)
                 bbox, path, grid = _output(cropped, list(cropped.indexes), whole, request, scratch_dir)
@@ -130,6 +136,15 @@ def _subset(request: SubsetRequest, pool: DatasetPool, scratch_dir: Path | None)
         bbox=bbox,
         size_bytes=path.stat().st_size,
     )
+
+
+def _within(budget: Budget, src: DatasetReader, bands: list[int], window: Window, request: SubsetRequest) -> None:
+    """The output's grid (the window's, or the warp's) against the budget, before any pixel is read."""
+    grid = _warp_grid(src, window, request.grid, request.granule_id)
+    width, height = (grid.width, grid.height) if grid is not None else (int(window.width), int(window.height))
+    itemsize = max(np.dtype(src.dtypes[band - 1]).itemsize for band in bands)
+    # One more plane: the alpha or mask a warp or a shape adds.
+    budget.check(f"granule {request.granule_id}", width, height, len(bands) + 1, itemsize)
 
 
 def _output(

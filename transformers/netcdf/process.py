@@ -53,7 +53,7 @@ from transformers.netcdf.writers import (
     write_netcdf,
     write_zarr_zip,
 )
-from transformers.serving import FileOutput
+from transformers.serving import Budget, FileOutput
 from transformers.sources import DataAccess, Source
 
 # netCDF-C and its HDF5 are not thread-safe, and xarray locks only their data reads and writes,
@@ -77,6 +77,15 @@ class NetcdfRequest:
     grid: GridSpec = GridSpec()
 
 
+def _extra_planes(ds: xr.Dataset, axes: Axes) -> int:
+    """2-D planes per variable beyond lat/lon (times, levels): a warp makes each of them."""
+    sizes = [size for dim, size in ds.sizes.items() if dim not in (axes.lat, axes.lon)]
+    planes = 1
+    for size in sizes:
+        planes *= size
+    return max(1, planes)
+
+
 def open_granule(path: Path) -> xr.Dataset:
     """Lazily, undecoded values; grid mappings and bounds as coordinates so selections keep them."""
     return xr.open_dataset(
@@ -84,17 +93,25 @@ def open_granule(path: Path) -> xr.Dataset:
     )
 
 
-def process(request: NetcdfRequest, access: DataAccess, scratch_dir: Path | None = None) -> FileOutput:
+def process(
+    request: NetcdfRequest, access: DataAccess, scratch_dir: Path | None = None, budget: Budget = Budget()
+) -> FileOutput:
     """Subset, regrid and write one granule; the output is a fresh scratch file the caller deletes."""
+    what = f"granule {request.granule_id}"
     try:
         # A remote granule is copied first, outside the library lock: downloads run in parallel.
         with access.local_file(request.source, scratch_dir) as granule_path, NETCDF_LIBRARY:
             with open_granule(granule_path) as source:
                 selection = _select(source, request)
                 sizes = cell_sizes(source, selection.axes)
+                variables = len(selection.dataset.data_vars)
+                budget.check_bytes(what, int(selection.dataset.nbytes), f"{variables} variables of the selection")
                 ds = selection.dataset.load()  # the selected window only; the file is closed after this
         axes, notes = selection.axes, selection.notes
         grid = target_grid(ds, axes, request.grid, sizes, request.granule_id)
+        if grid is not None:
+            itemsize = max((v.dtype.itemsize for v in ds.data_vars.values()), default=8)
+            budget.check(what, grid.width, grid.height, len(ds.data_vars) * _extra_planes(ds, axes), itemsize)
         if grid is not None:
             # Where the grid's own extent cannot be told (it reaches past its CRS), the source area's holds the data.
             bbox: BBox | None = grid_extent(grid) or wgs84_extent(ds, axes, sizes)

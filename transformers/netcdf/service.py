@@ -21,13 +21,15 @@ from transformers.netcdf.process import NetcdfRequest, process
 from transformers.netcdf.subset import DimensionRange
 from transformers.netcdf.writers import EXTENSIONS, NETCDF4
 from transformers.serving import (
+    Budget,
     FileOutput,
     FileTransformer,
     TransformerServer,
     chosen_format,
     serve_transformer,
 )
-from transformers.sources import Source
+from transformers.sources import DataAccess, Source
+from transformers.workers import current
 
 OPERATIONS = ("variable_subset", "bbox_subset", "temporal_subset", "dimension_subset", "reprojection", "reformat")
 
@@ -68,6 +70,12 @@ def netcdf_request(item: transformer_pb2.WorkItem, source: Source) -> NetcdfRequ
     )
 
 
+def netcdf_task(request: NetcdfRequest, budget: Budget) -> FileOutput:
+    state = current()
+    access: DataAccess = state.resources
+    return process(request, access, state.scratch, budget)
+
+
 class NetcdfTransformer(FileTransformer):
     """Transform gridded NetCDF: subset, regrid, and write NetCDF4, Zarr or a COG."""
 
@@ -75,9 +83,10 @@ class NetcdfTransformer(FileTransformer):
     operations = OPERATIONS
     output_formats = tuple(EXTENSIONS)
 
-    def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
-        request = netcdf_request(item, self.source(item.granule, item.access_token))
-        return functools.partial(process, request, self.access, self.scratch.path)
+    light_first = False  # the output's size is known only once the file is open: every item is heavy
+
+    def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[Budget], FileOutput]:
+        return functools.partial(netcdf_task, netcdf_request(item, self.source(item.granule, item.access_token)))
 
 
 async def serve(settings: TransformerSettings) -> TransformerServer:

@@ -13,7 +13,7 @@ from rasterio.errors import RasterioError
 
 from transformers.failures import unprocessable
 from transformers.grids import GridSpec
-from transformers.serving import FileOutput
+from transformers.serving import Budget, FileOutput
 from transformers.sources import DataAccess, Source
 from transformers.swath.cf_output import write_netcdf
 from transformers.swath.regrid import regrid, swath_grid
@@ -39,11 +39,15 @@ class RegridRequest:
     grid: GridSpec = GridSpec()
 
 
-def regrid_granule(request: RegridRequest, access: DataAccess, scratch_dir: Path | None = None) -> FileOutput:
+def regrid_granule(
+    request: RegridRequest, access: DataAccess, scratch_dir: Path | None = None, budget: Budget = Budget()
+) -> FileOutput:
     """Regrid the granule's swath as asked and write it; the caller streams and deletes the file."""
     with access.local_file(request.source, scratch_dir) as granule_path:
         swath = read_swath(granule_path, request.granule_id)
     grid = swath_grid(swath, request.grid)
+    itemsize = max((v.data.dtype.itemsize for v in swath.variables), default=8)
+    budget.check(f"granule {request.granule_id}", grid.width, grid.height, len(swath.variables), itemsize)
     descriptor, name = tempfile.mkstemp(prefix="geomesh-swath-", suffix=EXTENSIONS[request.media_type], dir=scratch_dir)
     os.close(descriptor)
     path = Path(name)

@@ -14,14 +14,16 @@ from geomesh.settings import TransformerSettings
 from geomesh.v1 import transformer_pb2
 from transformers.grids import grid_spec_of
 from transformers.serving import (
+    Budget,
     FileOutput,
     FileTransformer,
     TransformerServer,
     chosen_format,
     serve_transformer,
 )
-from transformers.sources import Source
+from transformers.sources import DataAccess, Source
 from transformers.swath.process import EXTENSIONS, RegridRequest, regrid_granule
+from transformers.workers import current
 
 OPERATIONS = ("reprojection",)
 
@@ -61,6 +63,12 @@ def _refuse_unsupported(item: transformer_pb2.WorkItem) -> None:
         )
 
 
+def swath_task(request: RegridRequest, budget: Budget) -> FileOutput:
+    state = current()
+    access: DataAccess = state.resources
+    return regrid_granule(request, access, state.scratch, budget)
+
+
 class SwathTransformer(FileTransformer):
     """Regrids swaths (2-D lat/lon) to NetCDF-4 or GeoTIFF; keeps nothing open between requests."""
 
@@ -68,9 +76,10 @@ class SwathTransformer(FileTransformer):
     operations = OPERATIONS
     output_formats = tuple(EXTENSIONS)
 
-    def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[], FileOutput]:
-        request = regrid_request(item, self.source(item.granule, item.access_token))
-        return functools.partial(regrid_granule, request, self.access, self.scratch.path)
+    light_first = False  # a swath's grid is known only once it is read: every item is heavy
+
+    def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[Budget], FileOutput]:
+        return functools.partial(swath_task, regrid_request(item, self.source(item.granule, item.access_token)))
 
 
 async def serve(settings: TransformerSettings) -> TransformerServer:
