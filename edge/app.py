@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from edge import auth
+from edge import admission, auth
 from edge.api import (
     capabilities,
     collections,
@@ -23,6 +24,7 @@ from edge.api import (
 )
 from edge.clients import SETTINGS, grpc_clients
 from edge.errors import CLIENT_CLOSED_REQUEST, client_gone, error_middleware
+from edge.server import Guard, GuardedRunner, body_deadline, quiet_repeats, raise_file_limit
 from geomesh.metrics import HTTP_HANDLED, HTTP_SECONDS
 from geomesh.settings import EdgeSettings
 
@@ -57,9 +59,14 @@ async def metrics(request: web.Request) -> web.Response:
 def create_app(settings: EdgeSettings) -> web.Application:
     # Errors are rendered inside the metrics middleware, so failures are counted with their real status;
     # callers are authenticated (auth.middleware) before any handler runs or any body is read.
-    app = web.Application(middlewares=[metrics_middleware, error_middleware, auth.middleware], client_max_size=16 * 1024 * 1024)
+    # Then admitted (at most so many requests at once, per user and in all), then given a deadline for their body.
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware, auth.middleware, admission.middleware, body_deadline],
+        client_max_size=16 * 1024 * 1024,
+    )
     app[SETTINGS] = settings
     auth.install(app)
+    admission.install(app)
     wms.install(app)
     app.cleanup_ctx.append(grpc_clients)
     app.router.add_get("/metrics", metrics)
@@ -69,8 +76,18 @@ def create_app(settings: EdgeSettings) -> web.Application:
     return app
 
 
+def make_runner(app: web.Application, **options: Any) -> web.AppRunner:
+    """The edge's runner: connections bounded and timed (edge/server.py), handlers cancelled when
+    their client goes."""
+    settings = app[SETTINGS]
+    file_limit = raise_file_limit()
+    guard = Guard(min(settings.max_connections, max(64, file_limit - 256)), settings.header_timeout_seconds)
+    quiet_repeats(asyncio.get_running_loop())
+    return GuardedRunner(app, guard, access_log=None, keepalive_timeout=settings.keepalive_timeout_seconds, **options)
+
+
 async def serve(settings: EdgeSettings) -> web.AppRunner:
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    runner = make_runner(create_app(settings))
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

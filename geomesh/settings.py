@@ -220,5 +220,30 @@ class EdgeSettings(_Service):
         if bool(self.oidc_admin_claim) != bool(self.oidc_admin_values):
             raise ValueError("oidc_admin_claim and oidc_admin_values go together: the claim, and its values that make an admin")
         return self
+
     # The longest a streamed answer may take: a synchronous result, a download relayed from staging.
     stream_timeout_seconds: float = Field(default=3600.0, gt=0)
+    # Links (jobs, STAC, redirects) start with this, e.g. https://geomesh.example.org behind a proxy.
+    # None: the address the client reached the edge at (never the Host header, which a client sets).
+    public_url: str | None = None
+    # Proxies (their addresses) whose X-Forwarded-Proto and X-Forwarded-Host say what the client asked for.
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    # Host names (besides localhost) that, named by a client's Host header, are used in its links;
+    # any other Host gets links to the address the client reached.
+    allowed_hosts: Annotated[list[str], NoDecode] = []
+    # Requests answered at once, in all and per user (per client address without users); beyond:
+    # 503 and 429, with Retry-After.
+    max_requests: int = Field(default=256, ge=1)
+    max_requests_per_user: int = Field(default=32, ge=1)
+    # Connections open at once (beyond: a 503 and closed); a connection's first request headers
+    # must arrive within header_timeout_seconds, a body within body_timeout_seconds; an idle kept-alive
+    # connection is closed after keepalive_timeout_seconds.
+    max_connections: int = Field(default=4096, ge=1)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
+    keepalive_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("trusted_proxies", "allowed_hosts", mode="before")
+    @classmethod
+    def _proxies(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value

@@ -16,7 +16,7 @@ import uuid
 from contextlib import suppress
 from datetime import timedelta
 
-from geomesh.errors import GatewayTimeoutError, GeomeshError, TransformError
+from geomesh.errors import GatewayTimeoutError, GeomeshError, TooManyRequestsError, TransformError
 from geomesh.metrics import (
     WORK_ITEM_SECONDS,
     WORK_ITEMS_FINISHED,
@@ -136,10 +136,10 @@ class Dispatcher:
                     raise GatewayTimeoutError(f"the transformation took longer than {limit:g} s") from None
         except asyncio.CancelledError:
             raise
-        except TransformersUnreachable:
-            # Every replica is down (restarting, say): wait for one without spending the item's attempts.
+        except (TransformersUnreachable, TooManyRequestsError):
+            # Every replica is down (restarting, say) or full: wait for one without spending the item's attempts.
             delay = min(10.0, self.settings.retry_delay_seconds * 2)
-            log.warning("job %s granule %s: no transformer reachable, trying again in %g s", lease.job_id, granule.id, delay)
+            log.warning("job %s granule %s: no transformer free or reachable, trying again in %g s", lease.job_id, granule.id, delay)
             WORK_ITEMS_FINISHED.labels("waiting").inc()
             await self.store.release(self.owner, [lease.item_id], not_before=utcnow() + timedelta(seconds=delay))
             return

@@ -51,6 +51,7 @@ class Mesh:
     staging_dir: Path  # a file:// staging URL's folder (the default)
     transformer_addresses: dict[str, str]  # by family
     database_url: str = ""  # the job store's
+    servers: dict[str, Any] = dataclasses.field(default_factory=dict)  # the in-process servers, by name
 
     def coverages(self, collection: str = HARMONY_EXAMPLE) -> str:
         return f"{self.url}/{collection}/ogc-api-coverages/1.0.0"
@@ -68,22 +69,28 @@ async def running_mesh(
     scheduler: dict[str, Any] | None = None,
     catalog: dict[str, Any] | None = None,
     transformer: dict[str, Any] | None = None,
+    elsewhere: dict[str, str] | None = None,
 ) -> AsyncIterator[Mesh]:
-    """Start the transformers, catalog, scheduler and edge on demo data in data_dir; stop them afterwards."""
+    """Start the transformers, catalog, scheduler and edge on demo data in data_dir; stop them afterwards.
+
+    `elsewhere`: transformer families served by processes of the test's own, by address."""
     from catalog.service import serve as serve_catalog
     from edge.app import create_app
     from scheduler.service import serve as serve_scheduler
 
     transformers = {}
-    for family in TRANSFORMER_FAMILIES:
+    for family, address in (elsewhere or {}).items():
+        os.environ[f"GEOMESH_{family.upper()}_ADDRESSES"] = address
+    for family in (family for family in TRANSFORMER_FAMILIES if family not in (elsewhere or {})):
         service = importlib.import_module(f"transformers.{family}.service")
         settings = TransformerSettings(family=family, port=0, scratch_dir=work_dir / "scratch", workers=2, **(transformer or {}))
         transformers[family] = await service.serve(settings)
         os.environ[f"GEOMESH_{family.upper()}_ADDRESSES"] = transformers[family].address  # read by services.yml
-    addresses = {family: server.address for family, server in transformers.items()}
+    addresses = {family: server.address for family, server in transformers.items()} | (elsewhere or {})
     catalog_server = await serve_catalog(CatalogSettings(port=0, data_dir=data_dir, **(catalog or {})))
     scheduler_settings = SchedulerSettings(
-        port=0, catalog_address=catalog_server.address, data_dir=work_dir, retry_delay_seconds=0.05, **(scheduler or {})
+        **{"port": 0, "catalog_address": catalog_server.address, "data_dir": work_dir, "retry_delay_seconds": 0.05}
+        | (scheduler or {})
     )
     running_scheduler = await serve_scheduler(scheduler_settings)
     app = create_app(
@@ -95,6 +102,7 @@ async def running_mesh(
                 url, catalog_server.address, running_scheduler.address, addresses["gdal"], data_dir,
                 Path(unquote(urlparse(scheduler_settings.resolved_staging_url).path)), addresses,
                 scheduler_settings.resolved_database_url,
+                {"catalog": catalog_server, "scheduler": running_scheduler, **transformers},
             )
     finally:
         for server in (running_scheduler, catalog_server, *transformers.values()):

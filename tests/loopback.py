@@ -13,8 +13,15 @@ from geomesh.settings import TRANSFORMER_FAMILIES
 
 @asynccontextmanager
 async def serve_app(app: web.Application, shutdown_timeout: float = 1) -> AsyncIterator[str]:
-    """Yield the app's root URL, e.g. http://127.0.0.1:40123, and stop it afterwards."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    """Yield the app's root URL, e.g. http://127.0.0.1:40123, and stop it afterwards (an edge's app
+    with the edge's own runner, as `geomesh serve edge` runs it)."""
+    from edge.app import make_runner
+    from edge.clients import SETTINGS
+
+    if SETTINGS in app:
+        runner: web.AppRunner = make_runner(app, shutdown_timeout=shutdown_timeout)
+    else:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

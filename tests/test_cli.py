@@ -42,7 +42,9 @@ def test_up_serves_the_seed_request_and_stops_on_sigterm(demo_dir: Path) -> None
     edge, metrics = ports["--port"], ports["--metrics-port"]
     command = [sys.executable, "-m", "geomesh.cli", "up", "--data-dir", str(demo_dir)]
     command += [str(part) for option, port in ports.items() for part in (option, port)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # As a user starts it: no mesh settings of ours, so `up` makes its certificates (mutual TLS).
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("GEOMESH_")}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
     try:
         deadline = time.monotonic() + 60
         output = []
@@ -58,6 +60,7 @@ def test_up_serves_the_seed_request_and_stops_on_sigterm(demo_dir: Path) -> None
         )
         with urllib.request.urlopen(url, timeout=30) as response:
             body = response.read()
+        assert {path.name for path in (demo_dir / "certs").iterdir()} >= {"ca.pem", "scheduler.pem", "edge.key"}
         with MemoryFile(body).open() as dataset:
             assert dataset.descriptions == ("blue_var",)
         # The catalog's metrics port comes first, then the gdal transformer's.

@@ -130,6 +130,7 @@ class WorkerPool:
     _idle: asyncio.Queue[_Worker] = field(init=False)
     _waiting: int = field(init=False, default=0)
     _all: set[int] = field(init=False, default_factory=set)
+    _running: set[int] = field(init=False, default_factory=set)
     _receivers: concurrent.futures.ThreadPoolExecutor = field(init=False)
     _closed: bool = field(init=False, default=False)
 
@@ -165,9 +166,9 @@ class WorkerPool:
         return self._waiting
 
     @property
-    def busy(self) -> int:
-        """Workers running a task now."""
-        return len(self._all) - self._idle.qsize()
+    def busy(self) -> set[int]:
+        """The workers running a task now, by pid."""
+        return set(self._running)
 
     async def run(self, task: Callable[[], T], what: str, *, keep_scratch: bool = False) -> T:
         """Run task in a worker; `what` names the work in errors (e.g. "granule G1").
@@ -188,6 +189,7 @@ class WorkerPool:
         finally:
             self._waiting -= 1
         scratch = self.scratch_root / f"task-{uuid.uuid4().hex}"
+        self._running.add(worker.process.pid or 0)
         try:
             worker.connection.send((str(scratch), task))
             result = await self._result(worker, what)
@@ -201,6 +203,8 @@ class WorkerPool:
         except BaseException:  # cancelled (its caller left), or broken: the worker is killed mid-task
             self._retire(worker, scratch)
             raise
+        finally:
+            self._running.discard(worker.process.pid or 0)
         if not keep_scratch:
             shutil.rmtree(scratch, ignore_errors=True)
         self._idle.put_nowait(worker)

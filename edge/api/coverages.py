@@ -9,7 +9,7 @@ import uuid
 import grpc
 from aiohttp import BodyPartReader, web
 
-from edge.api.common import COVERAGES, root_url
+from edge.api.common import COVERAGES, request_url, root_url
 from edge.auth import bearer_token, caller
 from edge.clients import CLIENTS
 from edge.errors import malformed_body
@@ -89,7 +89,7 @@ async def _execute(request: web.Request, params: RangesetParameters, shape: type
     data_request.request_id = str(uuid.uuid4())
     data_request.user = caller(request).user
     data_request.access_token = bearer_token(request)
-    data_request.request_url = str(request.url)
+    data_request.request_url = request_url(request)
     data_request.output.accepted_formats.extend(_accepted(request))
     if shape is not None:
         data_request.shape.CopyFrom(shape)

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from edge.api.common import COVERAGES
+from edge.api.common import COVERAGES, root_url
 from geomesh.errors import RequestValidationError
 
 routes = web.RouteTableDef()
@@ -101,7 +101,7 @@ def _accept_prefers_json(accept: str) -> bool:
 @routes.get("/{collectionId}/" + COVERAGES + "/api")
 @routes.get("/{collectionId}/" + COVERAGES + "/api/")
 async def api_definition(request: web.Request) -> web.Response:
-    document = document_for(f"{request.url.origin()}/{request.match_info['collectionId']}/{COVERAGES}")
+    document = document_for(f"{root_url(request)}/{request.match_info['collectionId']}/{COVERAGES}")
     headers = {"Vary": "Accept"}
     if wants_json(request):
         body = json.dumps(document, ensure_ascii=False, indent=2)

@@ -25,9 +25,8 @@ from geomesh.model import BBox, TimeRange
 from geomesh.rpc import open_channel, rpc_errors
 from geomesh.settings import TransformerSettings
 from geomesh.v1 import request_pb2, transformer_pb2, transformer_pb2_grpc, types_pb2
-from transformers.gdal import service
 from transformers.gdal.datasets import DatasetPool
-from transformers.gdal.service import GdalTransformer, TransformerServer, serve
+from transformers.gdal.service import TransformerServer, serve
 from transformers.gdal.subset import _pixel_span, output_file_name
 from transformers.sources import DataAccess, Source
 

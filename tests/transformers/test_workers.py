@@ -131,7 +131,7 @@ async def test_a_tasks_own_errors_come_back_and_the_worker_carries_on(pool: Work
 
 async def test_beyond_the_queue_requests_get_a_429(pool: WorkerPool) -> None:
     running = asyncio.create_task(pool.run(lambda_free_stay, "the first"))
-    await _until(lambda: pool.busy == 1)
+    await _until(lambda: len(pool.busy) == 1)
     queued = asyncio.create_task(pool.run(pid, "the second"))
     await _until(lambda: pool.waiting == 1)
     with pytest.raises(TooManyRequestsError) as refused:
