@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
 from edge import admission, auth
 from edge.api import (
@@ -25,6 +26,7 @@ from edge.api import (
 from edge.clients import SETTINGS, grpc_clients
 from edge.errors import CLIENT_CLOSED_REQUEST, client_gone, error_middleware
 from edge.server import Guard, GuardedRunner, body_deadline, quiet_repeats, raise_file_limit
+from geomesh.errors import ForbiddenError
 from geomesh.metrics import HTTP_HANDLED, HTTP_SECONDS
 from geomesh.settings import EdgeSettings
 
@@ -53,6 +55,14 @@ async def metrics_middleware(
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus' metrics of this edge: for an admin when users are configured (Prometheus sends
+    its token), else for this machine's own clients only. GEOMESH_EDGE_METRICS_PORT serves them on
+    an address of their own instead (loopback unless GEOMESH_EDGE_METRICS_HOST says otherwise)."""
+    if request.app[auth.AUTHENTICATOR].configured:
+        if not auth.caller(request).admin:
+            raise ForbiddenError("The edge's metrics are for admins: scrape them with an admin's token.")
+    elif not ipaddress.ip_address(request.remote or "0.0.0.0").is_loopback:
+        raise ForbiddenError("The edge's metrics answer this machine only: scrape GEOMESH_EDGE_METRICS_PORT instead.")
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -87,6 +97,8 @@ def make_runner(app: web.Application, **options: Any) -> web.AppRunner:
 
 
 async def serve(settings: EdgeSettings) -> web.AppRunner:
+    if settings.metrics_port is not None:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
     runner = make_runner(create_app(settings))
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

@@ -9,8 +9,9 @@ Without either the edge runs single-user: every request belongs to `default_user
 With users configured, `middleware` authenticates every request before its handler runs, and so
 before any byte of its body is read (a refused request with a body is answered and its connection
 closed; `Expect: 100-continue` gets the 401 instead of the 100). Only PUBLIC_ROUTES, which tell
-nothing about anyone's data, answer without credentials: the edge's root and /metrics, and each
-collection's OGC landing page, /api, /conformance and /collections (the collection's variables).
+nothing about anyone's data, answer without credentials: the edge's root, and each collection's
+OGC landing page, /api, /conformance and /collections (the collection's variables). /metrics is an
+admin's (edge/app.py).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 _COLLECTION = "/{collectionId}/" + COVERAGES
 # Route patterns (as registered) that need no credentials; a trailing slash is a route of its own.
 PUBLIC_ROUTES = frozenset(
-    {"/", "/metrics"}
+    {"/"}
     | {_COLLECTION + page + slash for page in ("", "/api", "/conformance", "/collections") for slash in ("", "/")}
     | {_COLLECTION + "/collections/{variableId}"}
 )

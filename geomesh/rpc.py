@@ -41,8 +41,10 @@ class _Call:
     error); anything else is logged and becomes INTERNAL without leaking internals.
     """
 
-    def __init__(self, service: str, method: str, context: grpc.aio.ServicerContext, gate: Gate) -> None:
-        self.service, self.method, self.context, self.gate = service, method, context, gate
+    def __init__(
+        self, service: str, method: str, context: grpc.aio.ServicerContext, gate: Gate, translate: Translate
+    ) -> None:
+        self.service, self.method, self.context, self.gate, self.translate = service, method, context, gate, translate
         self.started = time.perf_counter()
 
     async def __aenter__(self) -> None:
@@ -66,6 +68,8 @@ class _Call:
             if type(error).__name__ == "AbortError":  # the servicer called context.abort() itself
                 code = self.context.code() or grpc.StatusCode.UNKNOWN
                 return False
+            if not isinstance(error, GeomeshError):
+                error = self.translate(error) or error
             if isinstance(error, GeomeshError):
                 code = error.grpc_status
                 await self.context.abort(code, error.message, trailing_metadata=grpc_trailers(error))
@@ -101,10 +105,19 @@ class Gate:
         return None
 
 
+# A server's own failures that are a GeomeshError to its callers (e.g. its database restarting: 503).
+Translate = Callable[[BaseException], GeomeshError | None]
+
+
+def _untranslated(error: BaseException) -> GeomeshError | None:
+    return None
+
+
 class _ServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, service: str, gate: Gate) -> None:
+    def __init__(self, service: str, gate: Gate, translate: Translate) -> None:
         self.service = service
         self.gate = gate
+        self.translate = translate
         # Wrapped handlers by method: built once, not on every call (maps are answered in milliseconds).
         self._wrapped: dict[str, Any] = {}
 
@@ -122,7 +135,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
             inner_unary = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with _Call(self.service, method, context, self.gate):
+                async with _Call(self.service, method, context, self.gate, self.translate):
                     return await inner_unary(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -132,7 +145,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with _Call(self.service, method, context, self.gate):
+                async with _Call(self.service, method, context, self.gate, self.translate):
                     async for message in inner_stream(request, context):
                         yield message
 
@@ -177,6 +190,7 @@ async def start_server(
     port: int = 0,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    translate: Translate = _untranslated,
 ) -> RunningServer:
     """Start a gRPC server with health (SERVING once started) and /metrics, answering only the
     identities that may call `identity` (geomesh.identity.CALLERS), as the mesh settings prove them.
@@ -188,7 +202,7 @@ async def start_server(
     mesh = mesh or MeshSettings()
     credentials = mesh.credentials(identity)
     gate = Gate(credentials, mesh.callers_of(identity))
-    server = grpc.aio.server(interceptors=[_ServerInterceptor(name, gate)], options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=[_ServerInterceptor(name, gate, translate)], options=SERVER_OPTIONS)
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

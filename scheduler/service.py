@@ -25,7 +25,7 @@ from geomesh.v1 import (
 from scheduler.dispatcher import Dispatcher
 from scheduler.jobs.messages import job_message
 from scheduler.jobs.states import JobStatus
-from scheduler.jobs.store import Caller, JobStore, NewJob, NewLink
+from scheduler.jobs.store import Caller, JobStore, NewJob, NewLink, outage
 from scheduler.maps import (
     MAP_CATALOG_LIMIT,
     PLAN_TTL_SECONDS,
@@ -399,6 +399,7 @@ async def serve(settings: SchedulerSettings) -> RunningServer:
         metrics_host=settings.metrics_host,
         identity="scheduler",
         mesh=settings.mesh,
+        translate=outage,
     )
     dispatcher.start()
     reaper.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from alembic.config import Config
 from sqlalchemy import Update, and_, delete, event, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError, ProgrammingError
+from sqlalchemy.exc import TimeoutError as SqlTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -31,9 +34,11 @@ from sqlalchemy.ext.asyncio import (
 
 from geomesh.errors import (
     ConflictError,
+    GeomeshError,
     GoneError,
     NotFoundError,
     RequestValidationError,
+    ServiceUnavailableError,
 )
 from scheduler.jobs.models import (
     Base,
@@ -57,9 +62,20 @@ if TYPE_CHECKING:
     from sqlalchemy.dialects import postgresql, sqlite
     from sqlalchemy.pool import ConnectionPoolEntry
 
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 T = TypeVar("T")
 DATA_RETENTION = timedelta(days=30)
+
+
+def outage(error: BaseException) -> GeomeshError | None:
+    """The job store's database unreachable or failing (restarting, its disk full): a 503 to callers."""
+    # Errors of the database itself (gone, restarting, full), not of our statements or data.
+    database = isinstance(error, DBAPIError) and not isinstance(error, (IntegrityError, DataError, ProgrammingError))
+    if database or isinstance(error, (OperationalError, InterfaceError, SqlTimeoutError, OSError)):
+        log.warning("the job store failed: %s", error)
+        return ServiceUnavailableError("The job store is unavailable right now; try again shortly.", retry_after=5)
+    return None
 
 
 def utcnow() -> datetime:

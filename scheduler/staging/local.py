@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from geomesh.errors import NotFoundError, RequestValidationError
+from geomesh.errors import NotFoundError, RequestValidationError, ServiceUnavailableError
 from scheduler.staging import StagedKey
 
 CHUNK_BYTES = 256 * 1024
@@ -43,15 +43,20 @@ class LocalStaging:
         for stale in path.parent.glob("*.part"):
             stale.unlink(missing_ok=True)
         partial = path.with_name(path.name + f".{os.getpid()}.part")
-        file = await asyncio.to_thread(open, partial, "wb")
         try:
-            yield _FileWriter(file)
-            await asyncio.to_thread(file.close)
-            os.replace(partial, path)
-        finally:
-            if not file.closed:
+            file = await asyncio.to_thread(open, partial, "wb")
+            try:
+                yield _FileWriter(file)
                 await asyncio.to_thread(file.close)
-            partial.unlink(missing_ok=True)
+                os.replace(partial, path)
+            finally:
+                if not file.closed:
+                    await asyncio.to_thread(file.close)
+                partial.unlink(missing_ok=True)
+        except OSError as error:  # a full or failing disk: the job records it (and tries again later)
+            raise ServiceUnavailableError(
+                f"The staging folder cannot take the output right now ({error.strerror or error}); it will be tried again."
+            ) from None
 
     async def size(self, key: StagedKey) -> int:
         path = self._path(key)

@@ -109,7 +109,14 @@ async def test_only_the_public_routes_answer_without_credentials(secured: Mesh) 
 
 def test_every_public_route_is_a_route_of_the_edge() -> None:
     registered = {resource.canonical for resource in create_app(EdgeSettings(port=0)).router.resources()}
-    assert PUBLIC_ROUTES - {"/metrics"} <= registered  # /metrics may move to a port of its own
+    assert PUBLIC_ROUTES <= registered
+
+
+async def test_metrics_are_for_admins(secured: Mesh) -> None:
+    assert (await call("GET", f"{secured.url}/metrics")).status_code == 401
+    assert (await call("GET", f"{secured.url}/metrics", headers=ALICE)).status_code == 403
+    scraped = await call("GET", f"{secured.url}/metrics", headers=ROOT)
+    assert scraped.status_code == 200 and "geomesh_http_requests_total" in scraped.text
 
 
 async def test_granule_files_are_served_to_users_only(secured: Mesh) -> None:
