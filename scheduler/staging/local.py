@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,8 +22,20 @@ class _FileWriter:
         self.size = 0
 
     async def write(self, data: bytes) -> None:
-        await asyncio.to_thread(self._file.write, data)
+        with _disk_errors():
+            await asyncio.to_thread(self._file.write, data)
         self.size += len(data)
+
+
+@contextmanager
+def _disk_errors() -> Iterator[None]:
+    """A full or failing disk: a transient error the job records (and tries again later), no paths."""
+    try:
+        yield
+    except OSError as error:
+        raise ServiceUnavailableError(
+            f"The staging folder cannot take the output right now ({error.strerror or error}); it will be tried again."
+        ) from None
 
 
 class LocalStaging:
@@ -43,20 +55,17 @@ class LocalStaging:
         for stale in path.parent.glob("*.part"):
             stale.unlink(missing_ok=True)
         partial = path.with_name(path.name + f".{os.getpid()}.part")
-        try:
+        with _disk_errors():
             file = await asyncio.to_thread(open, partial, "wb")
-            try:
-                yield _FileWriter(file)
+        try:
+            yield _FileWriter(file)
+            with _disk_errors():
                 await asyncio.to_thread(file.close)
                 os.replace(partial, path)
-            finally:
-                if not file.closed:
-                    await asyncio.to_thread(file.close)
-                partial.unlink(missing_ok=True)
-        except OSError as error:  # a full or failing disk: the job records it (and tries again later)
-            raise ServiceUnavailableError(
-                f"The staging folder cannot take the output right now ({error.strerror or error}); it will be tried again."
-            ) from None
+        finally:
+            if not file.closed:
+                await asyncio.to_thread(file.close)
+            partial.unlink(missing_ok=True)
 
     async def size(self, key: StagedKey) -> int:
         path = self._path(key)
