@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test lint bench bench-jobs bench-reproject bench-wms bench-staging install clean
+.PHONY: up test lint bench bench-jobs bench-reproject bench-wms bench-staging bench-memory bench-load install clean
 
 $(BIN)/geomesh: pyproject.toml setup.py $(wildcard protos/geomesh/v1/*.proto)
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ bench-jobs: install  ## a 177-granule async job vs a multiprocess rasterio loop
 	$(BIN)/python benchmarks/job_throughput.py
 
 MAPSERVER_PACKAGES := cgi-mapserver mapserver-bin lighttpd
+
+bench-memory: install  ## peak memory of every service for the largest request allowed, alone and four at once
+	$(BIN)/python benchmarks/memory.py
+
+bench-load: install  ## a cheap crop's latency while 64 clients send whole-granule warps; what the excess gets
+	$(BIN)/python benchmarks/load.py
 
 bench-staging: install  ## staging an output in a local folder vs S3 (SeaweedFS), geomesh's writer vs boto3's upload
 	$(BIN)/python benchmarks/staging.py

@@ -138,3 +138,59 @@ def machine() -> str:
         f"python {platform.python_version()}, rasterio {rasterio.__version__}, GDAL {rasterio.__gdal_version__}, "
         f"aiohttp {aiohttp.__version__}"
     )
+
+
+def service_processes(mesh: Mesh) -> dict[str, set[int]]:
+    """Each service's process and every process below it (a transformer's fork server and workers),
+    by service name as service_cpu_seconds names them."""
+    parents: dict[int, int] = {}
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat_path.parent.name)] = int(stat_path.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    names = _service_names(mesh)
+    trees: dict[str, set[int]] = {}
+    for pid in parents:
+        ancestor = pid
+        while ancestor in parents and ancestor not in names:
+            ancestor = parents[ancestor]
+        if ancestor in names:
+            trees.setdefault(names[ancestor], set()).add(pid)
+    return trees
+
+
+def _service_names(mesh: Mesh) -> dict[int, str]:
+    names: dict[int, str] = {}
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat_path.read_text().rsplit(")", 1)[1].split()[1]) != mesh.pid:
+                continue
+            name = (stat_path.parent / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")[-1].decode()
+            if name == "transformer":
+                environ = (stat_path.parent / "environ").read_bytes().split(b"\0")
+                family = next(v for v in environ if v.startswith(b"GEOMESH_TRANSFORMER_FAMILY="))
+                name += "-" + family.split(b"=", 1)[1].decode()
+            names[int(stat_path.parent.name)] = name
+        except (OSError, IndexError, ValueError, StopIteration):
+            continue
+    return names
+
+
+def rss_bytes(pid: int) -> int:
+    """A process's resident size (what a transformer's worker watchdog compares with its limit)."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def pss_bytes(pid: int) -> int:
+    """A process's proportional share of memory: pages shared with its fork siblings counted once in all."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0

@@ -106,8 +106,9 @@ class SchedulerSettings(_Service):
 
     port: int = 50051
     catalog_address: str = "127.0.0.1:50052"
-    # Calls in flight to one transformer address; more would queue on the channel.
-    transformer_concurrency: int = Field(default=16, ge=1)
+    # Calls in flight to one transformer address; more would queue here (thousands on one channel
+    # fail). Above what its workers and queues take, the transformer answers 429 at once instead.
+    transformer_concurrency: int = Field(default=128, ge=1)
     data_dir: Path = DEFAULT_DATA_DIR
     # None: SQLite in the data folder. PostgreSQL: postgresql+asyncpg://user@host/db
     database_url: str | None = None

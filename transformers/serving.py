@@ -116,8 +116,6 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
             )
             for kind, size in pools.items()
         )
-        # Outputs made and not yet streamed (a slow caller): bounds the scratch space they take.
-        self._pending = asyncio.Semaphore(settings.workers + settings.light_workers)
 
     @staticmethod
     def worker_setup(settings: TransformerSettings) -> Any:
@@ -153,17 +151,16 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
         self, request: transformer_pb2.WorkItem, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[transformer_pb2.OutputChunk]:
         task = self.prepare(request)
-        async with self._pending:
-            result = await self.run(task, f"granule {request.granule.id}")
-            try:
-                yield transformer_pb2.OutputChunk(header=_header(result, request.granule))
-                loop = asyncio.get_running_loop()
-                with open(result.path, "rb") as output:
-                    while chunk := await loop.run_in_executor(None, output.read, self.settings.chunk_bytes):
-                        self.output_bytes.inc(len(chunk))
-                        yield transformer_pb2.OutputChunk(data=chunk)
-            finally:
-                shutil.rmtree(result.path.parent, ignore_errors=True)  # the task's own scratch folder
+        result = await self.run(task, f"granule {request.granule.id}")
+        try:
+            yield transformer_pb2.OutputChunk(header=_header(result, request.granule))
+            loop = asyncio.get_running_loop()
+            with open(result.path, "rb") as output:
+                while chunk := await loop.run_in_executor(None, output.read, self.settings.chunk_bytes):
+                    self.output_bytes.inc(len(chunk))
+                    yield transformer_pb2.OutputChunk(data=chunk)
+        finally:
+            shutil.rmtree(result.path.parent, ignore_errors=True)  # the task's own scratch folder
 
     async def Render(
         self, request: transformer_pb2.RenderRequest, context: grpc.aio.ServicerContext
