@@ -83,7 +83,7 @@ async def running_mesh(
         os.environ[f"GEOMESH_{family.upper()}_ADDRESSES"] = address
     for family in (family for family in TRANSFORMER_FAMILIES if family not in (elsewhere or {})):
         service = importlib.import_module(f"transformers.{family}.service")
-        settings = TransformerSettings(family=family, port=0, scratch_dir=work_dir / "scratch", workers=2, **(transformer or {}))
+        settings = TransformerSettings(**{"family": family, "port": 0, "scratch_dir": work_dir / "scratch"} | (transformer or {}))
         transformers[family] = await service.serve(settings)
         os.environ[f"GEOMESH_{family.upper()}_ADDRESSES"] = transformers[family].address  # read by services.yml
     addresses = {family: server.address for family, server in transformers.items()} | (elsewhere or {})

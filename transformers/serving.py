@@ -6,9 +6,10 @@ the task that writes the output to a scratch file, given the request's Budget. E
 lives here once: the worker pools (transformers.workers), streaming in chunk_bytes pieces, deleting
 the output whatever happens to the call, and the gRPC server.
 
-Two pools: light workers take every item first, and hand it on to the heavy workers as soon as its
-output grid turns out larger than `light_pixels`, so a crop is never stuck behind whole-granule
-warps; each pool queues at most `max_queued` items (beyond them: a 429). A request whose output
+Two pools: light workers take the items that look small (an area's subset, not warped) and hand
+one on to the heavy workers as soon as its output grid turns out larger than `light_pixels`;
+warps and whole granules go to the heavy workers at once. So a crop is never stuck behind
+whole-granule warps. Each pool queues at most `max_queued` items (beyond them: a 429). A request whose output
 would exceed `max_output_bytes` in memory is refused (413) before any pixel is read.
 """
 
@@ -98,7 +99,7 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
     family: str = ""
     operations: tuple[str, ...] = ()
     output_formats: tuple[str, ...] = ()
-    # Whether items go to a light worker first (families that can tell their output grid early).
+    # Whether items may go to a light worker first (families that can tell their output grid early).
     light_first: bool = True
 
     def __init__(self, settings: TransformerSettings) -> None:
@@ -135,6 +136,13 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
         self.access.check(source)
         return source
 
+    def may_be_light(self, item: transformer_pb2.WorkItem) -> bool:
+        """Whether the item may be a light worker's: a subset of an area, written as it is. Warps and
+        whole granules go straight to the heavy workers, so they never fill the light workers' queue."""
+        output = item.output
+        warps = bool(output.crs or output.scale_extent or output.scale_size or output.HasField("width") or output.HasField("height"))
+        return self.light_first and not warps and (item.HasField("bbox") or item.HasField("shape"))
+
     def prepare(self, item: transformer_pb2.WorkItem) -> Callable[[Budget], FileOutput]:
         """Check the item (raising geomesh.errors for bad ones) and return the task to run in a
         worker: a module-level function with its (picklable) arguments, taking the item's Budget."""
@@ -151,7 +159,7 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
         self, request: transformer_pb2.WorkItem, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[transformer_pb2.OutputChunk]:
         task = self.prepare(request)
-        result = await self.run(task, f"granule {request.granule.id}")
+        result = await self.run(task, f"granule {request.granule.id}", light=self.may_be_light(request))
         try:
             yield transformer_pb2.OutputChunk(header=_header(result, request.granule))
             loop = asyncio.get_running_loop()
@@ -180,11 +188,12 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
             "has no WMS GetFeatureInfo; use the rangeset instead."
         )
 
-    async def run(self, task: Callable[[Budget], FileOutput], what: str) -> FileOutput:
-        """The task on a light worker, or a heavy one if it is (or turns out) too big; its output
-        stays in its scratch folder until the caller removes it. A caller that goes away stops it."""
+    async def run(self, task: Callable[[Budget], FileOutput], what: str, *, light: bool) -> FileOutput:
+        """The task on a light worker (if `light`), or a heavy one if it is (or turns out) too big;
+        its output stays in its scratch folder until the caller removes it. A caller that goes away
+        stops it."""
         budget = Budget(self.settings.max_output_bytes, self.settings.light_pixels)
-        if self.light_first:
+        if light:
             try:
                 return await self.light.run(functools.partial(task, budget), what, keep_scratch=True)
             except NeedsHeavyWorker:

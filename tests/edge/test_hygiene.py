@@ -9,16 +9,18 @@ import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
 from edge.app import create_app
+from edge.server import quiet_repeats
 from geomesh.rpc import start_server
 from geomesh.settings import EdgeSettings
 from geomesh.v1 import scheduler_pb2, scheduler_pb2_grpc
-from tests.conftest import GLOBAL_GRANULE, Mesh
+from tests.conftest import GLOBAL_GRANULE, Mesh, running_mesh
 from tests.edge.test_jobs import call
 from tests.loopback import serve_app
 
@@ -171,3 +173,35 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_under_mixed_load_the_excess_is_refused_and_cheap_requests_pass(demo_dir: Path, tmp_path: Path) -> None:
+    """Expensive requests beyond what the heavy worker and its queue take get a 429 at once; the
+    cheap ones, on light workers, all pass meanwhile."""
+    transformer = {"workers": 1, "light_workers": 1, "max_queued": 1}
+    async with running_mesh(demo_dir, tmp_path, transformer=transformer) as mesh:
+        base = f"{mesh.rangeset()}?granuleId={GLOBAL_GRANULE}"
+        expensive = asyncio.gather(*(call("GET", f"{base}&outputCrs=EPSG:6933&interpolation=bilinear") for _ in range(8)))
+        transformer_busy = mesh.servers["gdal"].transformer.heavy
+        deadline = time.monotonic() + 20
+        while not transformer_busy.busy:  # the warps have started
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        # A user's crops, one at a time as a notebook sends them, while the warps fill the heavy worker.
+        crops = [await call("GET", f"{base}&subset=lat(-45.75:-9)&subset=lon(110:156)") for _ in range(6)]
+        warps = await expensive
+        assert [crop.status_code for crop in crops] == [200] * 6
+        refused = [warp for warp in warps if warp.status_code == 429]
+        assert refused and all(warp.status_code in (200, 429) for warp in warps)
+        assert all(warp.headers["Retry-After"] == "2" and "requests waiting already" in warp.text for warp in refused)
+
+
+def test_a_repeated_loop_error_is_logged_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        quiet_repeats(loop)
+        for _ in range(1000):  # accept() failing at the file limit, say
+            loop.call_exception_handler({"message": "socket.accept() out of system resource", "exception": OSError(24, "Too many open files")})
+    finally:
+        loop.close()
+    assert len([r for r in caplog.records if "socket.accept()" in r.getMessage()]) == 1
