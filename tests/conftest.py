@@ -79,6 +79,8 @@ async def running_mesh(
     from scheduler.service import serve as serve_scheduler
 
     transformers = {}
+    # The registry reads the addresses from the environment; another mesh's are put back at the end.
+    saved = {key: os.environ.get(key) for key in (f"GEOMESH_{family.upper()}_ADDRESSES" for family in TRANSFORMER_FAMILIES)}
     for family, address in (elsewhere or {}).items():
         os.environ[f"GEOMESH_{family.upper()}_ADDRESSES"] = address
     for family in (family for family in TRANSFORMER_FAMILIES if family not in (elsewhere or {})):
@@ -107,6 +109,11 @@ async def running_mesh(
     finally:
         for server in (running_scheduler, catalog_server, *transformers.values()):
             await server.stop(grace=1)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
