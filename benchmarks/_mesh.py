@@ -115,19 +115,12 @@ def service_cpu_seconds(mesh: Mesh) -> dict[str, float]:
     """
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     used: dict[str, float] = {}
-    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+    for pid, name in _service_names(mesh).items():
         try:
             # Fields after the command name, which is in parentheses and may hold spaces.
-            fields = stat_path.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) != mesh.pid:  # ppid
-                continue
-            name = (stat_path.parent / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")[-1].decode()
-            if name == "transformer":
-                environ = (stat_path.parent / "environ").read_bytes().split(b"\0")
-                family = next(v for v in environ if v.startswith(b"GEOMESH_TRANSFORMER_FAMILY="))
-                name += "-" + family.split(b"=", 1)[1].decode()
-        except (OSError, IndexError, ValueError, StopIteration):
-            continue  # gone meanwhile, or not ours to read
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
         used[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     return used
 
@@ -161,6 +154,8 @@ def service_processes(mesh: Mesh) -> dict[str, set[int]]:
 
 
 def _service_names(mesh: Mesh) -> dict[int, str]:
+    """The `up` process's children by pid: named by the last word of their command line (`serve
+    <name>`), a transformer by its family too (`transformer-gdal`)."""
     names: dict[int, str] = {}
     for stat_path in Path("/proc").glob("[0-9]*/stat"):
         try:

@@ -67,6 +67,8 @@ class TransformerSettings(_Service):
     max_output_bytes: int = Field(default=512 * 1024**2, ge=1)
     # A worker above this resident size is killed and its item fails with a 413.
     worker_memory_bytes: int = Field(default=3 * 1024**3, ge=64 * 1024**2)
+    # Outputs being made or streamed may take this much scratch space; beyond, new items get a 503.
+    max_scratch_bytes: int = Field(default=16 * 1024**3, ge=1)
     # GDAL's block cache, per worker process.
     gdal_cache_bytes: int = Field(default=256 * 1024**2, ge=1024**2)
     # Open datasets kept between requests (GDAL's block cache makes repeated crops cheap).

@@ -50,6 +50,16 @@ class Scratch:
         """The work files in the folder now."""
         return [p for p in self.path.rglob("*") if p.is_file() and p.name != _LOCK]
 
+    def used_bytes(self) -> int:
+        """What the work files take now (a few files: outputs being made or streamed)."""
+        total = 0
+        for path in self.files():
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:  # removed meanwhile
+                continue
+        return total
+
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
         self._lock.close()

@@ -29,6 +29,7 @@ from geomesh.errors import (
     GeomeshError,
     PayloadTooLargeError,
     RequestValidationError,
+    ServiceUnavailableError,
     TransformError,
     UnsupportedOperationError,
 )
@@ -192,6 +193,13 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
         """The task on a light worker (if `light`), or a heavy one if it is (or turns out) too big;
         its output stays in its scratch folder until the caller removes it. A caller that goes away
         stops it."""
+        used = self.scratch.used_bytes()
+        if used > self.settings.max_scratch_bytes:
+            raise ServiceUnavailableError(
+                f"The {self.family} transformer's scratch space is full ({used >> 20} MiB of outputs still being "
+                "made or sent); try again shortly.",
+                retry_after=5,
+            )
         budget = Budget(self.settings.max_output_bytes, self.settings.light_pixels)
         if light:
             try:

@@ -139,3 +139,22 @@ async def test_beyond_the_queue_requests_get_a_429(pool: WorkerPool) -> None:
     assert refused.value.retry_after == 2.0
     running.cancel()
     assert await queued > 0  # the queued one runs once the worker is free (here: replaced)
+
+
+async def test_a_full_scratch_space_is_a_503_before_any_work(tmp_path: Path) -> None:
+    from geomesh.settings import TransformerSettings
+    from transformers.gdal.service import GdalTransformer
+
+    transformer = GdalTransformer(TransformerSettings(port=0, scratch_dir=tmp_path, max_scratch_bytes=1000, workers=1, light_workers=1))
+    try:
+        (transformer.scratch.path / "task-x").mkdir()
+        (transformer.scratch.path / "task-x" / "output.tif").write_bytes(b"x" * 2000)  # an output still streaming
+        with pytest.raises(ServiceUnavailableError, match="scratch space is full") as full:
+            await transformer.run(nothing_task, "granule G1", light=True)
+        assert full.value.retry_after == 5
+    finally:
+        await transformer.close()
+
+
+def nothing_task(budget: object) -> None:
+    return None
