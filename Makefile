@@ -54,5 +54,13 @@ bench-wms: install  ## WMS GetMap through the mesh vs MapServer 8 (FastCGI behin
 	fi
 	$(BIN)/python benchmarks/wms_getmap.py
 
+.PHONY: image e2e-docker
+
+image:  ## the one image for every service, built without a registry (deploy/docker/build-offline.sh; root)
+	deploy/docker/build-offline.sh
+
+e2e-docker: install  ## opt-in: the mesh as containers of that image, the seed's requests against it (deploy/docker/e2e.sh)
+	deploy/docker/e2e.sh
+
 clean:
 	rm -rf $(VENV) .data build *.egg-info geomesh/v1/*_pb2*.py geomesh/v1/*_pb2*.pyi

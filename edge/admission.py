@@ -18,6 +18,7 @@ from edge.auth import AUTHENTICATOR, CALLER, RENDERERS
 from edge.clients import SETTINGS
 from edge.errors import error_response
 from geomesh.errors import GeomeshError, ServiceUnavailableError, TooManyRequestsError
+from geomesh.metrics import HTTP_IN_FLIGHT
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _UNCOUNTED = frozenset({"/metrics"})
@@ -63,10 +64,12 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return request.app[RENDERERS].get(request.match_info.handler, error_response)(refusal)
     in_flight.total += 1
     in_flight.by_client[client] += 1
+    HTTP_IN_FLIGHT.set(in_flight.total)
     try:
         return await handler(request)
     finally:
         in_flight.total -= 1
+        HTTP_IN_FLIGHT.set(in_flight.total)
         in_flight.by_client[client] -= 1
         if not in_flight.by_client[client]:
             del in_flight.by_client[client]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext, suppress
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import grpc
 
 from geomesh.errors import ERROR_KIND_KEY, ServiceUnavailableError
 from geomesh.identity import Credentials
+from geomesh.metrics import GRPC_CLIENT_CALLS, GRPC_CLIENT_SECONDS
 
 # Large enough for one shape upload or a generous output chunk; chunks themselves stay small.
 MESSAGE_LIMIT = 64 * 1024 * 1024
@@ -100,10 +102,15 @@ def unreachable(error: grpc.RpcError) -> bool:
 @dataclass
 class Entry(Generic[Stub]):
     target: str
+    peer: str  # the service it reaches (scheduler, catalog, transformer)
     channel: grpc.aio.Channel
     stub: Stub
     # Calls in flight on this entry; thousands on one channel make some fail with CANCELLED.
     slots: asyncio.Semaphore | None
+
+    def observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        GRPC_CLIENT_CALLS.labels(self.peer, self.target, method, code.name).inc()
+        GRPC_CLIENT_SECONDS.labels(self.peer, method).observe(time.perf_counter() - started)
 
     def ready_or_idle(self) -> bool:
         return self.channel.get_state(try_to_connect=False) != grpc.ChannelConnectivity.TRANSIENT_FAILURE
@@ -117,7 +124,7 @@ def entry(
     concurrency: int | None = None,
 ) -> Entry[Stub]:
     channel = open_channel(target, credentials, peer)
-    return Entry(target, channel, make_stub(channel), asyncio.Semaphore(concurrency) if concurrency else None)
+    return Entry(target, peer, channel, make_stub(channel), asyncio.Semaphore(concurrency) if concurrency else None)
 
 
 class Balanced(Generic[Stub]):
@@ -152,12 +159,17 @@ class Balanced(Generic[Stub]):
         last: grpc.RpcError | None = None
         for entry in self.order():
             async with _slot(entry):
+                started = time.perf_counter()
                 try:
-                    return await getattr(entry.stub, method)(request, **kwargs)
+                    answer = await getattr(entry.stub, method)(request, **kwargs)
                 except grpc.RpcError as error:
+                    entry.observe(method, error.code(), started)
                     if not unreachable(error):
                         raise
                     last = error
+                else:
+                    entry.observe(method, grpc.StatusCode.OK, started)
+                    return answer
         raise self._unreachable(last)
 
     async def stream(self, method: str, request: Any, **kwargs: Any) -> AsyncGenerator[Any, None]:
@@ -167,17 +179,20 @@ class Balanced(Generic[Stub]):
         for entry in self.order():
             async with _slot(entry):
                 call = getattr(entry.stub, method)(request, **kwargs)
-                received = False
+                received, started, code = False, time.perf_counter(), grpc.StatusCode.CANCELLED
                 try:
                     async for message in call:
                         received = True
                         yield message
+                    code = grpc.StatusCode.OK
                     return
                 except grpc.RpcError as error:
+                    code = error.code()
                     if received or not unreachable(error):
                         raise
                     last = error
                 finally:
+                    entry.observe(method, code, started)
                     call.cancel()
         raise self._unreachable(last)
 

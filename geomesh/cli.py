@@ -166,6 +166,25 @@ def _mesh_environment(data_dir: Path) -> dict[str, str]:
 
 
 @main.command()
+def migrate() -> None:
+    """Bring the job store (GEOMESH_SCHEDULER_DATABASE_URL, or the data folder's SQLite) to the newest
+    schema, and exit: run it once before schedulers that start with GEOMESH_SCHEDULER_MIGRATE=false.
+    Schedulers migrating at once take turns (PostgreSQL's advisory lock)."""
+    from geomesh.settings import SchedulerSettings
+    from scheduler.jobs.store import JobStore
+
+    settings = SchedulerSettings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> None:
+        store = await JobStore.open(settings.resolved_database_url)
+        await store.close()
+
+    asyncio.run(run())
+    click.echo(f"the job store is at the newest schema: {settings.resolved_database_url.split('@')[-1]}")
+
+
+@main.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--identity", "identities", multiple=True, help="A certificate for this identity (repeat); default: every service.")
 @click.option("--days", default=3650, show_default=True, help="How long the certificates are valid.")

@@ -114,6 +114,8 @@ class SchedulerSettings(_Service):
     data_dir: Path = DEFAULT_DATA_DIR
     # None: SQLite in the data folder. PostgreSQL: postgresql+asyncpg://user@host/db
     database_url: str | None = None
+    # Bring the job store's schema up to date at start (False when `geomesh migrate` does it first).
+    migrate: bool = True
     # Where job outputs are written and served from (/service-results): file:///<folder> or
     # s3://<bucket>/<prefix> (every scheduler and edge on any host then serves every output).
     # None: the folder <data_dir>/staging.

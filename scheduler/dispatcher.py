@@ -18,6 +18,9 @@ from datetime import timedelta
 
 from geomesh.errors import GatewayTimeoutError, GeomeshError, TooManyRequestsError, TransformError
 from geomesh.metrics import (
+    DB_CONNECTIONS,
+    JOBS,
+    STAGING_FREE_BYTES,
     WORK_ITEM_SECONDS,
     WORK_ITEMS_FINISHED,
     WORK_ITEMS_IN_FLIGHT,
@@ -27,12 +30,14 @@ from geomesh.model import BBox, TimeRange
 from geomesh.rpc import REQUEST_ID_KEY, rpc_errors
 from geomesh.settings import SchedulerSettings
 from geomesh.v1 import catalog_pb2, catalog_pb2_grpc, request_pb2, types_pb2
+from scheduler.jobs.states import JobStatus
 from scheduler.jobs.store import JobStore, Lease, NewLink, utcnow
 from scheduler.planner import work_item
 from scheduler.staging import StagedKey, Stagings
 from scheduler.transformer_pool import TransformerPool, TransformersUnreachable
 
 log = logging.getLogger(__name__)
+GAUGES_SECONDS = 2.0
 
 
 class Dispatcher:
@@ -64,6 +69,7 @@ class Dispatcher:
             asyncio.create_task(self._lease_loop()),
             asyncio.create_task(self._renew_loop()),
             asyncio.create_task(self._record_loop()),
+            asyncio.create_task(self._gauges_loop()),
         ]
 
     def wake(self) -> None:
@@ -117,9 +123,30 @@ class Dispatcher:
             await asyncio.sleep(self.settings.lease_seconds / 3)
             try:
                 await self.store.renew(self.owner, list(self._running), self._lease_for)
-                WORK_ITEMS_QUEUED.set(await self.store.queued())
             except Exception:
                 log.exception("renewing leases failed")
+
+    async def _gauges_loop(self) -> None:
+        """What the job store holds (the same in every scheduler), every GAUGES_SECONDS."""
+        services: set[str] = set()
+        while True:
+            try:
+                queued = await self.store.queued()
+                services |= queued.keys()
+                for service in services:  # a service whose queue emptied reports 0, not its last count
+                    WORK_ITEMS_QUEUED.labels(service).set(queued.get(service, 0))
+                by_status = await self.store.jobs_by_status()
+                for status in JobStatus:
+                    JOBS.labels(status.value).set(by_status.get(status.value, 0))
+                in_use, idle = self.store.connections()
+                DB_CONNECTIONS.labels("in_use").set(in_use)
+                DB_CONNECTIONS.labels("idle").set(idle)
+                free = await self.stagings.default.free_bytes()
+                if free is not None:
+                    STAGING_FREE_BYTES.set(free)
+            except Exception as error:  # the store restarting: the next round tries again
+                log.warning("reading the job store's gauges failed: %s", error)
+            await asyncio.sleep(GAUGES_SECONDS)
 
     async def _run(self, lease: Lease) -> None:
         granule = types_pb2.Granule.FromString(lease.granule)

@@ -130,6 +130,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
                 custom_message=limit_message(hits, len(granules), max_results),
                 work=[(granule.id, granule.SerializeToString()) for granule in granules],
                 destination_url=request.destination_url or None,
+                service=plan.match.service.name,
             )
         )
         self.dispatcher.wake()
@@ -373,7 +374,7 @@ def _granule_links(granule: types_pb2.Granule) -> list[NewLink]:
 
 async def serve(settings: SchedulerSettings) -> RunningServer:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = await JobStore.open(settings.resolved_database_url)
+    store = await JobStore.open(settings.resolved_database_url, migrate=settings.migrate)
     s3 = S3Clients(settings.s3)
     stagings = Stagings(open_staging(settings.resolved_staging_url, s3), s3)
     credentials = settings.mesh.credentials("scheduler")

@@ -33,7 +33,7 @@ from geomesh.errors import (
     TransformError,
     UnsupportedOperationError,
 )
-from geomesh.metrics import OUTPUT_BYTES
+from geomesh.metrics import OUTPUT_BYTES, TRANSFORMER_REFUSED
 from geomesh.model import BBox, optional_bbox, optional_time
 from geomesh.rpc import RunningServer, start_server
 from geomesh.s3 import S3Clients
@@ -113,7 +113,7 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
         pools = {"light": settings.light_workers, "heavy": settings.workers}
         self.light, self.heavy = (
             WorkerPool(
-                f"{self.family}-{kind}", self.family, setup, size, self.scratch.path, max_queued=settings.max_queued,
+                f"{self.family}-{kind}", self.family, kind, setup, size, self.scratch.path, max_queued=settings.max_queued,
                 memory_limit_bytes=settings.worker_memory_bytes, gdal_cache_bytes=settings.gdal_cache_bytes,
             )
             for kind, size in pools.items()
@@ -195,19 +195,24 @@ class FileTransformer(transformer_pb2_grpc.TransformerServicer):
         stops it."""
         used = self.scratch.used_bytes()
         if used > self.settings.max_scratch_bytes:
+            TRANSFORMER_REFUSED.labels(self.family, "scratch_full").inc()
             raise ServiceUnavailableError(
                 f"The {self.family} transformer's scratch space is full ({used >> 20} MiB of outputs still being "
                 "made or sent); try again shortly.",
                 retry_after=5,
             )
         budget = Budget(self.settings.max_output_bytes, self.settings.light_pixels)
-        if light:
-            try:
-                return await self.light.run(functools.partial(task, budget), what, keep_scratch=True)
-            except NeedsHeavyWorker:
-                pass
-        heavy = dataclasses.replace(budget, light_pixels=None)
-        return await self.heavy.run(functools.partial(task, heavy), what, keep_scratch=True)
+        try:
+            if light:
+                try:
+                    return await self.light.run(functools.partial(task, budget), what, keep_scratch=True)
+                except NeedsHeavyWorker:
+                    pass
+            heavy = dataclasses.replace(budget, light_pixels=None)
+            return await self.heavy.run(functools.partial(task, heavy), what, keep_scratch=True)
+        except PayloadTooLargeError:
+            TRANSFORMER_REFUSED.labels(self.family, "too_large").inc()
+            raise
 
     async def close(self) -> None:
         """Stop the workers (work still running is killed); subclasses also release what they keep."""

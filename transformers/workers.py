@@ -38,6 +38,12 @@ from geomesh.errors import (
     TooManyRequestsError,
     TransformError,
 )
+from geomesh.metrics import (
+    TRANSFORMER_QUEUED,
+    TRANSFORMER_REFUSED,
+    TRANSFORMER_WORKERS,
+    TRANSFORMER_WORKERS_BUSY,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +127,7 @@ class WorkerPool:
 
     name: str
     family: str
+    kind: str  # light or heavy: the metrics' pool label
     setup: Callable[[], Any]
     size: int
     scratch_root: Path
@@ -142,6 +149,13 @@ class WorkerPool:
         workers = await asyncio.gather(*(asyncio.to_thread(self._spawn) for _ in range(self.size)))
         for worker in workers:
             self._idle.put_nowait(worker)
+        self._report()
+
+    def _report(self) -> None:
+        labels = (self.family, self.kind)
+        TRANSFORMER_WORKERS.labels(*labels).set(len(self._all))
+        TRANSFORMER_WORKERS_BUSY.labels(*labels).set(len(self._running))
+        TRANSFORMER_QUEUED.labels(*labels).set(self._waiting)
 
     def _spawn(self) -> _Worker:
         context = multiprocessing.get_context("forkserver")
@@ -179,17 +193,20 @@ class WorkerPool:
         if self._closed:
             raise ServiceUnavailableError("This transformer is stopping; try again shortly.")
         if self._waiting >= self.max_queued and self._idle.empty():
+            TRANSFORMER_REFUSED.labels(self.family, "queue_full").inc()
             raise TooManyRequestsError(
                 f"The {self.family} transformer has {self._waiting} requests waiting already; try again shortly.",
                 retry_after=2.0,
             )
         self._waiting += 1
+        self._report()
         try:
             worker = await self._idle.get()
         finally:
             self._waiting -= 1
         scratch = self.scratch_root / f"task-{uuid.uuid4().hex}"
         self._running.add(worker.process.pid or 0)
+        self._report()
         try:
             worker.connection.send((str(scratch), task))
             result = await self._result(worker, what)
@@ -205,6 +222,7 @@ class WorkerPool:
             raise
         finally:
             self._running.discard(worker.process.pid or 0)
+            self._report()
         if not keep_scratch:
             shutil.rmtree(scratch, ignore_errors=True)
         self._idle.put_nowait(worker)
@@ -221,6 +239,7 @@ class WorkerPool:
     async def _replace(self) -> None:
         try:
             self._idle.put_nowait(await asyncio.to_thread(self._spawn))
+            self._report()
         except Exception:  # noqa: BLE001 - logged; the pool runs one worker short until restarted
             log.exception("%s: could not start a replacement worker", self.name)
 

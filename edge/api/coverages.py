@@ -125,12 +125,13 @@ async def relay(
 ) -> web.StreamResponse:
     """Write the scheduler's Execute stream to the client as it arrives: headers on the first message."""
     response: web.StreamResponse | None = None
+    job: scheduler_pb2.Job | None = None
     try:
         async for message in call:
             kind = message.WhichOneof("item")
-            if kind == "job":
-                return _job_response(request, message.job)
-            if kind == "header":
+            if kind == "job":  # the stream ends right after it: read to its end, so the call ends OK
+                job = message.job
+            elif kind == "header":
                 header = message.header
                 response = web.StreamResponse(
                     headers={
@@ -151,6 +152,8 @@ async def relay(
         return response
     finally:
         call.cancel()
+    if job is not None:
+        return _job_response(request, job)
     if response is None:
         raise GeomeshError("The scheduler ended the request without a result")
     await response.write_eof()

@@ -59,6 +59,8 @@ class JobRow(Base):
     data_expiration: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     outputs_deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     destination_url: Mapped[str | None] = mapped_column(Text)
+    # The registry service its items run on (e.g. harmony/gdal): queue depth is reported by it.
+    service: Mapped[str | None] = mapped_column(String(255))
     request_url: Mapped[str] = mapped_column(Text)
     num_input_granules: Mapped[int] = mapped_column(Integer)
     ignore_errors: Mapped[bool] = mapped_column(Boolean, default=True)

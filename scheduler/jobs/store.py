@@ -114,6 +114,7 @@ class NewJob:
     links: Sequence[NewLink] = ()
     # Outputs go to the user's bucket (Harmony's destinationUrl) and are never deleted by geomesh.
     destination_url: str | None = None
+    service: str | None = None  # the registry service that runs the items
 
 
 @dataclass
@@ -165,14 +166,21 @@ class JobStore:
         self._writing: set[asyncio.Future[Any]] = set()
 
     @classmethod
-    async def open(cls, url: str) -> JobStore:
-        """Connect and bring the schema to the newest migration."""
+    async def open(cls, url: str, *, migrate: bool = True) -> JobStore:
+        """Connect, and bring the schema to the newest migration unless told not to (`geomesh migrate`
+        did, e.g. as a Kubernetes Job before the schedulers start)."""
         engine = create_async_engine(url, pool_pre_ping=True)
         if engine.dialect.name == "sqlite":
             _serialize_sqlite_writers(engine)
-        async with engine.begin() as connection:
-            await _migrate(connection)
+        if migrate:
+            async with engine.begin() as connection:
+                await _migrate(connection)
         return cls(engine)
+
+    async def ping(self) -> None:
+        """A round trip to the database (raises when it cannot be reached)."""
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
 
     async def close(self) -> None:
         await asyncio.gather(*self._writing, return_exceptions=True)
@@ -196,6 +204,7 @@ class JobStore:
             updated_at=now,
             data_expiration=now + DATA_RETENTION,
             destination_url=new.destination_url,
+            service=new.service,
             request_url=new.request_url,
             num_input_granules=new.num_input_granules,
             ignore_errors=new.ignore_errors,
@@ -422,15 +431,29 @@ class JobStore:
         async with self._sessions.begin() as session:
             await session.execute(_held(owner, item_ids).values(**values))
 
-    async def queued(self) -> int:
-        """Items of active jobs waiting for a dispatcher."""
+    async def queued(self) -> dict[str, int]:
+        """Items of active jobs waiting for a dispatcher, by the registry service that runs them."""
         async with self._sessions() as session:
-            return await session.scalar(
-                select(func.count())
+            rows = await session.execute(
+                select(JobRow.service, func.count())
                 .select_from(WorkItemRow)
                 .join(JobRow, JobRow.job_id == WorkItemRow.job_id)
                 .where(JobRow.status.in_([s.value for s in ACTIVE]), WorkItemRow.status == "ready")
-            ) or 0
+                .group_by(JobRow.service)
+            )
+            return {service or "unknown": count for service, count in rows}
+
+    async def jobs_by_status(self) -> dict[str, int]:
+        async with self._sessions() as session:
+            rows = await session.execute(select(JobRow.status, func.count()).group_by(JobRow.status))
+            return dict(rows.tuples().all())
+
+    def connections(self) -> tuple[int, int]:
+        """The connection pool now: (in use, idle)."""
+        pool = self.engine.pool
+        checked_out = getattr(pool, "checkedout", lambda: 0)()
+        checked_in = getattr(pool, "checkedin", lambda: 0)()
+        return int(checked_out), int(checked_in)
 
     async def item_counts(self, job_id: str) -> dict[str, int]:
         async with self._sessions() as session:

@@ -105,6 +105,10 @@ class Staging(Protocol):
         """RequestValidationError saying why outputs cannot be written here."""
         ...
 
+    async def free_bytes(self) -> int | None:
+        """Free space where outputs go; None where that has no meaning (object storage)."""
+        ...
+
 
 def open_staging(url: str, s3: S3Clients) -> Staging:
     """The backend a staging URL names: file:///folder or s3://bucket/prefix."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from geomesh.errors import NotFoundError, RequestValidationError, ServiceUnavailableError
+from geomesh.metrics import STAGING_BYTES
 from scheduler.staging import StagedKey
 
 CHUNK_BYTES = 256 * 1024
@@ -62,6 +63,7 @@ class LocalStaging:
             with _disk_errors():
                 await asyncio.to_thread(file.close)
                 os.replace(partial, path)
+            STAGING_BYTES.labels("file").inc(path.stat().st_size)
         finally:
             if not file.closed:
                 await asyncio.to_thread(file.close)
@@ -95,6 +97,9 @@ class LocalStaging:
         files = sum(1 for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0
         await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
         return files
+
+    async def free_bytes(self) -> int | None:
+        return (await asyncio.to_thread(shutil.disk_usage, self.root)).free
 
     async def check_writable(self) -> None:
         if not os.access(self.root, os.W_OK):

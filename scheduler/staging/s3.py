@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from geomesh.errors import NotFoundError, RequestValidationError
+from geomesh.metrics import STAGING_BYTES
 from geomesh.s3 import S3Clients, s3_errors, split_s3_url
 from scheduler.staging import StagedKey
 
@@ -118,6 +119,7 @@ class S3Staging:
             try:
                 yield writer
                 await writer.complete()
+                STAGING_BYTES.labels("s3").inc(writer.size)
             except BaseException:
                 await asyncio.shield(writer.abort())
                 raise
@@ -170,6 +172,9 @@ class S3Staging:
                 await asyncio.to_thread(client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
                 deleted += len(batch)
         return deleted
+
+    async def free_bytes(self) -> int | None:
+        return None
 
     async def check_writable(self) -> None:
         """Write and remove a small object where outputs will go, as the first output would."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -46,7 +47,7 @@ async def test_migrations_create_the_schema_once(store: JobStore, database_url: 
     async with again.engine.connect() as connection:
         revision = (await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
     await again.close()
-    assert revision == "0002"
+    assert revision == "0003"
 
 
 async def test_items_run_once_each_and_the_job_succeeds(store: JobStore) -> None:
@@ -218,3 +219,23 @@ async def test_expired_outputs_are_gone_and_listed_once_for_the_reaper(store: Jo
     await store.outputs_deleted(job_id)
     assert await store.expired_jobs(10) == []
     assert {kept, running} & set(await store.expired_jobs(10)) == set()
+
+
+def test_geomesh_migrate_makes_the_schema_for_schedulers_that_do_not(database_url: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from geomesh.cli import main
+
+    done = CliRunner().invoke(main, ["migrate"], env={"GEOMESH_SCHEDULER_DATABASE_URL": database_url})
+    assert done.exit_code == 0, done.output
+    assert "the job store is at the newest schema" in done.output and "password" not in done.output
+
+    async def check() -> str:
+        store = await JobStore.open(database_url, migrate=False)
+        try:
+            async with store.engine.connect() as connection:
+                return str((await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar_one())
+        finally:
+            await store.close()
+
+    assert asyncio.run(check()) == "0003"

@@ -59,7 +59,7 @@ def die() -> None:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def pool(tmp_path: Path) -> AsyncIterator[WorkerPool]:
-    workers = WorkerPool("test", "gdal", nothing, 1, tmp_path, max_queued=1, memory_limit_bytes=300 * 1024**2)
+    workers = WorkerPool("test", "gdal", "heavy", nothing, 1, tmp_path, max_queued=1, memory_limit_bytes=300 * 1024**2)
     await workers.start()
     yield workers
     await workers.close()
