@@ -104,6 +104,11 @@ class CatalogService(catalog_pb2_grpc.CatalogServicer):
             async for chunk in opened.chunks(request.offset):
                 yield catalog_pb2.ReadDataResponse(data=chunk)
 
+    async def ListServices(
+        self, request: catalog_pb2.ListServicesRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.ListServicesResponse:
+        return catalog_pb2.ListServicesResponse(services=[service_to_proto(s) for s in self.registry.services])
+
 
 def operations_of(request: request_pb2.DataRequest) -> Operations:
     output = request.output

@@ -21,7 +21,8 @@ from geomesh.errors import GeomeshError, ServiceUnavailableError, TooManyRequest
 from geomesh.metrics import HTTP_IN_FLIGHT
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_UNCOUNTED = frozenset({"/metrics"})
+# Probes and scrapes are answered even when the edge is full: a full edge is alive and ready.
+_UNCOUNTED = frozenset({"/metrics", "/health", "/readiness"})
 
 
 @dataclass

@@ -17,6 +17,7 @@ from edge.api import (
     collections,
     coverages,
     downloads,
+    health,
     jobs,
     landing,
     openapi,
@@ -78,10 +79,11 @@ def create_app(settings: EdgeSettings) -> web.Application:
     auth.install(app)
     admission.install(app)
     wms.install(app)
+    health.install(app)
     app.cleanup_ctx.append(grpc_clients)
     app.router.add_get("/metrics", metrics)
     # The rangeset route must come before /collections/{id}, whose pattern would also match it.
-    for module in (coverages, downloads, jobs, stac, wms, openapi, capabilities, landing, collections):
+    for module in (health, coverages, downloads, jobs, stac, wms, openapi, capabilities, landing, collections):
         app.add_routes(auth.checked(module.routes))
     return app
 

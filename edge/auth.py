@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 _COLLECTION = "/{collectionId}/" + COVERAGES
 # Route patterns (as registered) that need no credentials; a trailing slash is a route of its own.
 PUBLIC_ROUTES = frozenset(
-    {"/"}
+    {"/", "/health", "/readiness"}
     | {_COLLECTION + page + slash for page in ("", "/api", "/conformance", "/collections") for slash in ("", "/")}
     | {_COLLECTION + "/collections/{variableId}"}
 )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from geomesh.errors import ERROR_KIND_KEY, ServiceUnavailableError
 from geomesh.identity import Credentials
@@ -195,6 +196,20 @@ class Balanced(Generic[Stub]):
                     entry.observe(method, code, started)
                     call.cancel()
         raise self._unreachable(last)
+
+    async def health(self, timeout: float) -> tuple[bool, str]:
+        """Whether some entry says SERVING (grpc.health.v1, as probes ask), and what each said."""
+
+        async def check(entry: Entry[Stub]) -> tuple[bool, str]:
+            try:
+                answer = await health_pb2_grpc.HealthStub(entry.channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            except grpc.RpcError as error:
+                return False, f"{entry.target.removeprefix('dns:///')}: {error.code().name.lower()} ({error.details()})"
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+            return answer.status == health_pb2.HealthCheckResponse.SERVING, f"{entry.target.removeprefix('dns:///')}: {status.lower()}"
+
+        said = await asyncio.gather(*(check(entry) for entry in self.entries))
+        return any(up for up, _ in said), "; ".join(message for _, message in said)
 
     def _unreachable(self, last: grpc.RpcError | None) -> Exception:
         """The last entry's error (callers map it as any gRPC error); None only if there were no entries."""

@@ -307,22 +307,29 @@ def _exit_status(code: int) -> str:
 
 
 def _wait_until_ready(ports: _Ports, children: dict[str, subprocess.Popen[bytes]], timeout: float = 60) -> None:
-    import socket
+    """Until the edge's /health says every dependency is up (transformers' workers started too)."""
+    import urllib.error
+    import urllib.request
 
+    host = "127.0.0.1" if ports.host in ("0.0.0.0", "::", "") else ports.host
+    url = f"http://{host}:{ports.edge}/health"
     deadline = time.monotonic() + timeout
-    pending = {**ports.grpc, "edge": ports.edge}
-    while pending:
-        for name, port in list(pending.items()):
-            if children[name].poll() is not None:
-                raise click.ClickException(f"{name} exited during start-up (code {children[name].returncode})")
-            with socket.socket() as probe:
-                probe.settimeout(0.2)
-                # Only the edge listens on --host; the gRPC services on loopback (see _environments).
-                if probe.connect_ex((ports.host if name == "edge" else "127.0.0.1", port)) == 0:
-                    del pending[name]
+    said = "no answer yet"
+    while True:
+        for name, child in children.items():
+            if child.poll() is not None:
+                raise click.ClickException(f"{name} exited during start-up (code {child.returncode})")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except urllib.error.HTTPError as error:  # 503: some dependency is not up yet
+            said = error.read().decode(errors="replace")
+        except OSError as error:  # the edge is not listening yet
+            said = str(error)
         if time.monotonic() > deadline:
-            raise click.ClickException(f"{', '.join(pending)} did not start within {timeout:.0f} s")
-        time.sleep(0.1)
+            raise click.ClickException(f"geomesh did not become healthy within {timeout:.0f} s: {said}")
+        time.sleep(0.2)
 
 
 def _stop_all(children: dict[str, subprocess.Popen[bytes]], grace: float = 10) -> None:

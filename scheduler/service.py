@@ -23,6 +23,7 @@ from geomesh.v1 import (
     types_pb2,
 )
 from scheduler.dispatcher import Dispatcher
+from scheduler.health import Health
 from scheduler.jobs.messages import job_message
 from scheduler.jobs.states import JobStatus
 from scheduler.jobs.store import Caller, JobStore, NewJob, NewLink, outage
@@ -59,6 +60,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         store: JobStore,
         stagings: Stagings,
         dispatcher: Dispatcher,
+        health: Health,
         settings: SchedulerSettings,
     ) -> None:
         self.planner = planner
@@ -66,6 +68,7 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         self.store = store
         self.stagings = stagings
         self.dispatcher = dispatcher
+        self.health = health
         self.settings = settings
         self._map_plans = TtlCache(PLAN_TTL_SECONDS)
         self._map_catalogs = TtlCache(PLAN_TTL_SECONDS)
@@ -291,6 +294,11 @@ class SchedulerService(scheduler_pb2_grpc.SchedulerServicer):
         sample.granules.extend(reversed(drawing_order(granules)))
         return await self.transformers.sample(list(plan.match.service.addresses), sample)
 
+    async def CheckHealth(
+        self, request: scheduler_pb2.CheckHealthRequest, context: grpc.aio.ServicerContext
+    ) -> scheduler_pb2.HealthReport:
+        return await self.health.report()
+
     @staticmethod
     def _map_search(plan: Plan, request: scheduler_pb2.MapRequest, extent: transformer_pb2.RenderRequest) -> request_pb2.DataRequest:
         search = request_pb2.DataRequest(
@@ -388,12 +396,14 @@ async def serve(settings: SchedulerSettings) -> RunningServer:
         Deadlines(unary=settings.rpc_timeout_seconds, stream=settings.work_item_timeout_seconds),
     )
     dispatcher = Dispatcher(store, stagings, pool, catalog, settings)
-    service = SchedulerService(Planner(catalog), pool, store, stagings, dispatcher, settings)
+    health = Health(store, stagings, catalog, pool)
+    service = SchedulerService(Planner(catalog), pool, store, stagings, dispatcher, health, settings)
     reaper = Reaper(store, stagings.default, dispatcher.owner, settings.reaper_interval_seconds)
+    full_name = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
     running = await start_server(
         "scheduler",
         lambda server: scheduler_pb2_grpc.add_SchedulerServicer_to_server(service, server),
-        [scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name],
+        [full_name],
         host=settings.host,
         port=settings.port,
         metrics_port=settings.metrics_port,
@@ -404,5 +414,6 @@ async def serve(settings: SchedulerSettings) -> RunningServer:
     )
     dispatcher.start()
     reaper.start()
-    running.on_stop.extend([reaper.close, dispatcher.close, pool.close, catalog_stub.close, store.close])
+    health.start(running.health, [full_name])
+    running.on_stop.extend([health.close, reaper.close, dispatcher.close, pool.close, catalog_stub.close, store.close])
     return running

@@ -67,6 +67,10 @@ class TransformerPool:
         finally:
             await chunks.aclose()
 
+    async def health(self, addresses: list[str], timeout: float) -> tuple[bool, str]:
+        """Whether some replica at these addresses is serving, and what each address said."""
+        return await self._over(addresses).health(timeout)
+
     async def close(self) -> None:
         await asyncio.gather(*(e.channel.close() for e in self._entries.values()))
         self._entries.clear()

@@ -446,7 +446,7 @@ class JobStore:
     async def jobs_by_status(self) -> dict[str, int]:
         async with self._sessions() as session:
             rows = await session.execute(select(JobRow.status, func.count()).group_by(JobRow.status))
-            return dict(rows.tuples().all())
+            return {status: count for status, count in rows}
 
     def connections(self) -> tuple[int, int]:
         """The connection pool now: (in use, idle)."""
