@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
 
-from edge import admission, auth
+from edge import admission, auth, telemetry
 from edge.api import (
     capabilities,
     collections,
@@ -25,34 +23,10 @@ from edge.api import (
     wms,
 )
 from edge.clients import SETTINGS, grpc_clients
-from edge.errors import CLIENT_CLOSED_REQUEST, client_gone, error_middleware
+from edge.errors import error_middleware
 from edge.server import Guard, GuardedRunner, body_deadline, quiet_repeats, raise_file_limit
 from geomesh.errors import ForbiddenError
-from geomesh.metrics import HTTP_HANDLED, HTTP_SECONDS
 from geomesh.settings import EdgeSettings
-
-
-@web.middleware
-async def metrics_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        # An answer not yet sent to a client already gone is counted as the client's doing (499).
-        status = CLIENT_CLOSED_REQUEST if not response.prepared and client_gone(request) else response.status
-        return response
-    except web.HTTPException as error:  # redirects (303 to a job, 302 after an action) are raised
-        status = error.status
-        raise
-    except asyncio.CancelledError:  # the handler was cancelled: its client left, or the edge is stopping
-        status = CLIENT_CLOSED_REQUEST
-        raise
-    finally:
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
-        HTTP_HANDLED.labels(route, request.method, str(status)).inc()
-        HTTP_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -68,14 +42,15 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 def create_app(settings: EdgeSettings) -> web.Application:
-    # Errors are rendered inside the metrics middleware, so failures are counted with their real status;
+    # Errors are rendered inside the telemetry middleware, so failures are counted with their real status;
     # callers are authenticated (auth.middleware) before any handler runs or any body is read.
     # Then admitted (at most so many requests at once, per user and in all), then given a deadline for their body.
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, auth.middleware, admission.middleware, body_deadline],
+        middlewares=[telemetry.middleware, error_middleware, auth.middleware, admission.middleware, body_deadline],
         client_max_size=16 * 1024 * 1024,
     )
     app[SETTINGS] = settings
+    app.on_response_prepare.append(telemetry.stamp_request_id)
     auth.install(app)
     admission.install(app)
     wms.install(app)
@@ -95,7 +70,14 @@ def make_runner(app: web.Application, **options: Any) -> web.AppRunner:
     file_limit = raise_file_limit()
     guard = Guard(min(settings.max_connections, max(64, file_limit - 256)), settings.header_timeout_seconds)
     quiet_repeats(asyncio.get_running_loop())
-    return GuardedRunner(app, guard, access_log=None, keepalive_timeout=settings.keepalive_timeout_seconds, **options)
+    return GuardedRunner(
+        app,
+        guard,
+        access_log_class=telemetry.AccessLogger,
+        access_log=telemetry.ACCESS_LOG,
+        keepalive_timeout=settings.keepalive_timeout_seconds,
+        **options,
+    )
 
 
 async def serve(settings: EdgeSettings) -> web.AppRunner:

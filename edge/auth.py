@@ -34,6 +34,7 @@ from edge.api.common import COVERAGES
 from edge.clients import SETTINGS
 from edge.errors import error_response
 from edge.oidc import OidcVerifier, looks_like_jwt
+from geomesh import logs
 from geomesh import users as users_file
 from geomesh.errors import GeomeshError, UnauthorizedError
 from geomesh.settings import EdgeSettings
@@ -225,6 +226,13 @@ def caller(request: web.Request) -> Caller:
     raise RuntimeError(f"{request.path} is a public route: it has no caller")
 
 
+def known_user(request: web.Request) -> str | None:
+    """Who a request was answered for, for its log line: None for a public route or a refused caller."""
+    if CALLER in request:
+        return request[CALLER].user
+    return None if request.app[AUTHENTICATOR].configured else request.app[AUTHENTICATOR].default.user
+
+
 def bearer_token(request: web.Request) -> str:
     """The caller's bearer token, to be sent on to the data hosts configured for it; "" if none."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -241,6 +249,7 @@ async def _check(request: web.Request) -> GeomeshError | None:
     if CALLER not in request and _REFUSAL not in request:
         try:
             request[CALLER] = await request.app[AUTHENTICATOR].authenticate(request.headers.get("Authorization"))
+            logs.user.set(request[CALLER].user)
         except GeomeshError as error:
             request[_REFUSAL] = error
     return request.get(_REFUSAL)
@@ -248,7 +257,10 @@ async def _check(request: web.Request) -> GeomeshError | None:
 
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.app[AUTHENTICATOR].configured or _public(request):
+    if not request.app[AUTHENTICATOR].configured:
+        logs.user.set(request.app[AUTHENTICATOR].default.user)
+        return await handler(request)
+    if _public(request):
         return await handler(request)
     refusal = await _check(request)
     if refusal is None:

@@ -25,15 +25,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from aiohttp.web_server import Server
 
 from edge.clients import SETTINGS
+from edge.errors import error_response
+from geomesh.errors import RequestValidationError
 
 log = logging.getLogger(__name__)
 
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 _QUIET_SECONDS = 60.0
+MAX_LINE_BYTES = 8190  # aiohttp's limit on the request line and on each header
 
 
 @dataclass
@@ -74,6 +79,25 @@ class _GuardedHandler(RequestHandler):
         if self._request_count == 0:
             log.info("closing a connection that sent no complete request headers within %g s", self._guard.header_timeout)
             self.force_close()
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        """A request aiohttp could not parse (a line over its limit, bad framing) gets geomesh's JSON
+        error saying what to change; the server's own failures keep aiohttp's handling."""
+        if status != 400 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        log.info("unparsable request from %s: %s", request.remote, exc)
+        if isinstance(exc, LineTooLong):
+            text = (
+                f"The request line or a header is longer than {MAX_LINE_BYTES} bytes; send long parameters as a "
+                "form body (POST, application/x-www-form-urlencoded) instead."
+            )
+        else:
+            text = f"The request is not valid HTTP/1.1 ({getattr(exc, 'message', exc)})."
+        response = error_response(RequestValidationError(text))
+        response.force_close()
+        return response
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._refused:

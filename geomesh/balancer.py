@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from geomesh import logs, tracing
 from geomesh.errors import ERROR_KIND_KEY, ServiceUnavailableError
 from geomesh.identity import Credentials
 from geomesh.metrics import GRPC_CLIENT_CALLS, GRPC_CLIENT_SECONDS
@@ -109,9 +110,25 @@ class Entry(Generic[Stub]):
     # Calls in flight on this entry; thousands on one channel make some fail with CANCELLED.
     slots: asyncio.Semaphore | None
 
-    def observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
+    def attempt(self, method: str, kwargs: dict[str, Any]) -> tracing.Span:
+        """A call's span, its context (and the request id being served) put in the call's metadata."""
+        span = tracing.client_span(
+            f"{self.peer}/{method}", **{"rpc.system": "grpc", "rpc.method": method, "server.address": self.target}
+        )
+        # A retry on another entry replaces the previous attempt's trace context.
+        metadata = tuple((key, value) for key, value in kwargs.get("metadata") or () if key not in tracing.HEADERS)
+        if logs.request_id.get() and all(key != logs.REQUEST_ID_KEY for key, _ in metadata):
+            metadata += ((logs.REQUEST_ID_KEY, logs.request_id.get()),)
+        kwargs["metadata"] = tracing.outgoing(span, metadata)
+        return span
+
+    def observe(self, method: str, code: grpc.StatusCode, started: float, span: tracing.Span) -> None:
         GRPC_CLIENT_CALLS.labels(self.peer, self.target, method, code.name).inc()
         GRPC_CLIENT_SECONDS.labels(self.peer, method).observe(time.perf_counter() - started)
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+            tracing.failed(span, code.name)
+        span.end()
 
     def ready_or_idle(self) -> bool:
         return self.channel.get_state(try_to_connect=False) != grpc.ChannelConnectivity.TRANSIENT_FAILURE
@@ -160,16 +177,16 @@ class Balanced(Generic[Stub]):
         last: grpc.RpcError | None = None
         for entry in self.order():
             async with _slot(entry):
-                started = time.perf_counter()
+                started, span = time.perf_counter(), entry.attempt(method, kwargs)
                 try:
                     answer = await getattr(entry.stub, method)(request, **kwargs)
                 except grpc.RpcError as error:
-                    entry.observe(method, error.code(), started)
+                    entry.observe(method, error.code(), started, span)
                     if not unreachable(error):
                         raise
                     last = error
                 else:
-                    entry.observe(method, grpc.StatusCode.OK, started)
+                    entry.observe(method, grpc.StatusCode.OK, started, span)
                     return answer
         raise self._unreachable(last)
 
@@ -179,6 +196,7 @@ class Balanced(Generic[Stub]):
         last: grpc.RpcError | None = None
         for entry in self.order():
             async with _slot(entry):
+                span = entry.attempt(method, kwargs)
                 call = getattr(entry.stub, method)(request, **kwargs)
                 received, started, code = False, time.perf_counter(), grpc.StatusCode.CANCELLED
                 try:
@@ -193,7 +211,7 @@ class Balanced(Generic[Stub]):
                         raise
                     last = error
                 finally:
-                    entry.observe(method, code, started)
+                    entry.observe(method, code, started, span)
                     call.cancel()
         raise self._unreachable(last)
 

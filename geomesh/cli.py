@@ -46,38 +46,49 @@ def demo(data_dir: Path) -> None:
 @click.argument("service", type=click.Choice(SERVICES))
 def serve(service: str) -> None:
     """Run one service; settings come from GEOMESH_<SERVICE>_* environment variables."""
-    logging.basicConfig(
-        level=os.environ.get("GEOMESH_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
-    )
     asyncio.run(_serve(service))
 
 
 async def _serve(service: str) -> None:
-    from geomesh import settings
+    from geomesh import logs, settings, tracing
     from geomesh.rpc import run_until_signalled
 
-    if service == "edge":
-        from edge.app import serve as serve_edge
+    chosen: settings._Service = {
+        "edge": settings.EdgeSettings,
+        "catalog": settings.CatalogSettings,
+        "scheduler": settings.SchedulerSettings,
+        "transformer": settings.TransformerSettings,
+    }[service]()
+    name = f"transformer-{chosen.family}" if isinstance(chosen, settings.TransformerSettings) else service
+    logs.configure(name, chosen.log_level, chosen.log_format)
+    provider = tracing.configure(name)
+    try:
+        if isinstance(chosen, settings.EdgeSettings):
+            from edge.app import serve as serve_edge
 
-        runner = await serve_edge(settings.EdgeSettings())
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-        return
-    if service == "catalog":
-        from catalog.service import serve as serve_catalog
-        running = await serve_catalog(settings.CatalogSettings())
-    elif service == "scheduler":
-        from scheduler.service import serve as serve_scheduler
-        running = await serve_scheduler(settings.SchedulerSettings())
-    else:
-        transformer = settings.TransformerSettings()
-        family = importlib.import_module(f"transformers.{transformer.family}.service")
-        running = await family.serve(transformer)
-    await run_until_signalled(running)
+            runner = await serve_edge(chosen)
+            stop = asyncio.Event()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+            await stop.wait()
+            await runner.cleanup()
+            return
+        if isinstance(chosen, settings.CatalogSettings):
+            from catalog.service import serve as serve_catalog
+
+            running = await serve_catalog(chosen)
+        elif isinstance(chosen, settings.SchedulerSettings):
+            from scheduler.service import serve as serve_scheduler
+
+            running = await serve_scheduler(chosen)
+        else:
+            assert isinstance(chosen, settings.TransformerSettings)
+            family = importlib.import_module(f"transformers.{chosen.family}.service")
+            running = await family.serve(chosen)
+        await run_until_signalled(running)
+    finally:
+        if provider is not None:  # spans still queued are sent before the process ends
+            provider.shutdown()
 
 
 @dataclass
@@ -108,7 +119,8 @@ def _environments(ports: _Ports, data_dir: Path) -> dict[str, dict[str, str]]:
     metrics stay on loopback, proving who they are to each other with the mesh's certificates."""
     host, loopback = ports.host, "127.0.0.1"
     metrics = {name: ports.metrics + i for i, name in enumerate(ports.grpc)}
-    mesh = _mesh_environment(data_dir)
+    # Every service's lines go to this terminal: plain text unless GEOMESH_LOG_FORMAT says otherwise.
+    mesh = {**_mesh_environment(data_dir), "GEOMESH_LOG_FORMAT": os.environ.get("GEOMESH_LOG_FORMAT", "text")}
     transformers = {
         f"transformer-{family}": {
             **mesh,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import signal
 import time
@@ -17,16 +16,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from geomesh import balancer
+from geomesh import balancer, logs, tracing
 from geomesh.balancer import MESSAGE_LIMIT
 from geomesh.errors import GeomeshError, from_rpc_error, grpc_trailers
 from geomesh.identity import Credentials, MeshSettings
+from geomesh.logs import REQUEST_ID_KEY
 from geomesh.metrics import RPC_HANDLED, RPC_SECONDS
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID_KEY = "x-request-id"
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MESSAGE_LIMIT),
@@ -35,27 +33,36 @@ SERVER_OPTIONS = [
 
 
 class _Call:
-    """One observed call: binds the request id, records metrics, maps errors to a gRPC status.
+    """One observed call: binds the request id and user (for logs), continues the caller's trace,
+    records metrics, maps errors to a gRPC status.
 
     A GeomeshError becomes its own status with our trailers (so the client rebuilds the same
     error); anything else is logged and becomes INTERNAL without leaking internals.
     """
 
     def __init__(
-        self, service: str, method: str, context: grpc.aio.ServicerContext, gate: Gate, translate: Translate
+        self, service: str, method: str, request: Any, context: grpc.aio.ServicerContext, gate: Gate, translate: Translate
     ) -> None:
         self.service, self.method, self.context, self.gate, self.translate = service, method, context, gate, translate
         self.started = time.perf_counter()
+        metadata = {key: value for key, value in self.context.invocation_metadata() or () if isinstance(value, str)}
+        logs.request_id.set(metadata.get(REQUEST_ID_KEY))
+        logs.user.set(getattr(request, "user", None) or getattr(getattr(request, "caller", None), "user", None) or None)
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+        self.span = tracing.server_span(
+            f"{service}/{method}", metadata, **attributes, **{"geomesh.request_id": logs.request_id.get() or ""}
+        )
+        self.current = tracing.current(self.span)
 
     async def __aenter__(self) -> None:
-        for key, value in self.context.invocation_metadata() or ():
-            if key == REQUEST_ID_KEY:
-                request_id.set(value)
         refusal = self.gate.refusal(self.context)
-        if refusal is not None:
+        if refusal is not None:  # aborting raises here: __aexit__ will not run
             code, message = refusal
             RPC_HANDLED.labels(self.service, self.method, code.name).inc()
+            tracing.failed(self.span, code.name)
+            self.span.end()
             await self.context.abort(code, message)
+        self.current.__enter__()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, error: BaseException | None, tb: Any) -> bool:
         code = grpc.StatusCode.OK
@@ -75,11 +82,15 @@ class _Call:
                 await self.context.abort(code, error.message, trailing_metadata=grpc_trailers(error))
             log.error("unexpected error in %s", self.method, exc_info=error)
             code = grpc.StatusCode.INTERNAL
-            await self.context.abort(code, f"internal error in {self.method} (request {request_id.get()}): see the service's log")
+            await self.context.abort(code, f"internal error in {self.method} (request {logs.request_id.get() or '-'}): see the service's log")
             return False
         finally:
             RPC_HANDLED.labels(self.service, self.method, code.name).inc()
             RPC_SECONDS.labels(self.service, self.method).observe(time.perf_counter() - self.started)
+            self.span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+                tracing.failed(self.span, code.name)
+            self.current.__exit__(None, None, None)
 
 
 @dataclass(frozen=True)
@@ -135,7 +146,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
             inner_unary = handler.unary_unary
 
             async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with _Call(self.service, method, context, self.gate, self.translate):
+                async with _Call(self.service, method, request, context, self.gate, self.translate):
                     return await inner_unary(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -145,7 +156,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
             inner_stream = handler.unary_stream
 
             async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with _Call(self.service, method, context, self.gate, self.translate):
+                async with _Call(self.service, method, request, context, self.gate, self.translate):
                     async for message in inner_stream(request, context):
                         yield message
 

@@ -9,22 +9,30 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from geomesh.identity import MeshSettings
+from geomesh.logs import LogFormat
 from geomesh.s3 import S3Settings
 
 DEFAULT_DATA_DIR = Path(".data")
 
 
 class _Service(BaseSettings):
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     host: str = "127.0.0.1"
     port: int = Field(ge=0, le=65535)
     # Port for Prometheus' /metrics (None turns it off), on its own address: loopback unless opened.
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
-    log_level: str = "INFO"
+    # GEOMESH_<SERVICE>_LOG_LEVEL; GEOMESH_LOG_FORMAT (json, or text for a terminal) for every service.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: LogFormat = Field(default="json", validation_alias=AliasChoices("GEOMESH_LOG_FORMAT", "log_format"))
     # Every call this service makes to another gives up after this long (streams: see each service).
     rpc_timeout_seconds: float = Field(default=30.0, gt=0)
     # How this service proves who it is to the others, and checks who calls it (GEOMESH_MESH_*).

@@ -16,6 +16,7 @@ import uuid
 from contextlib import suppress
 from datetime import timedelta
 
+from geomesh import logs, tracing
 from geomesh.errors import GatewayTimeoutError, GeomeshError, TooManyRequestsError, TransformError
 from geomesh.metrics import (
     DB_CONNECTIONS,
@@ -150,6 +151,11 @@ class Dispatcher:
 
     async def _run(self, lease: Lease) -> None:
         granule = types_pb2.Granule.FromString(lease.granule)
+        logs.job_id.set(lease.job_id)  # this task's log lines name the job; its transformer call is one trace
+        with tracing.current(tracing.server_span("scheduler/work item", {}, **{"geomesh.job_id": lease.job_id, "geomesh.granule": granule.id})):
+            await self._run_item(lease, granule)
+
+    async def _run_item(self, lease: Lease, granule: types_pb2.Granule) -> None:
         limit = self.settings.work_item_timeout_seconds
         try:
             with WORK_ITEM_SECONDS.time():

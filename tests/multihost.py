@@ -121,7 +121,7 @@ def _environment(layout: Layout, name: str) -> dict[str, str]:
     machine, port, folder = layout.machines[name], layout.ports[name], layout.work_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     base = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder), "GEOMESH_LOG_LEVEL": "INFO",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder), "GEOMESH_LOG_FORMAT": "text",
         "GEOMESH_MESH_TLS_DIR": str(layout.certificates),
         # No S3 credentials from this machine's environment or files leak into the services.
         "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",

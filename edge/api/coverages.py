@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 
 import grpc
 from aiohttp import BodyPartReader, web
 
+from edge import telemetry
 from edge.api.common import COVERAGES, request_url, root_url
 from edge.auth import bearer_token, caller
 from edge.clients import CLIENTS
@@ -86,7 +86,7 @@ async def _read_shape(part: BodyPartReader) -> types_pb2.Shape:
 
 async def _execute(request: web.Request, params: RangesetParameters, shape: types_pb2.Shape | None) -> web.StreamResponse:
     data_request = build_request(params, request.match_info["collectionId"], request.match_info["variable"])
-    data_request.request_id = str(uuid.uuid4())
+    data_request.request_id = telemetry.request_id(request)
     data_request.user = caller(request).user
     data_request.access_token = bearer_token(request)
     data_request.request_url = request_url(request)

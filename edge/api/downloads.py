@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import mimetypes
 import re
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import PurePosixPath
 
 import grpc
 from aiohttp import web
 
+from edge import telemetry
 from edge.auth import caller
 from edge.clients import CLIENTS
 from edge.errors import client_gone
@@ -129,7 +129,7 @@ async def data_file(request: web.Request) -> web.StreamResponse:
     caller(request)  # only to users, when users are configured (authenticated by auth.middleware)
     path = request.match_info["path"]
     offset = requested_offset(request)
-    request_id = str(uuid.uuid4())
+    request_id = telemetry.request_id(request)
     call = request.app[CLIENTS].catalog.ReadData(
         catalog_pb2.ReadDataRequest(path=path, offset=offset),
         metadata=((REQUEST_ID_KEY, request_id),),

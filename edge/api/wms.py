@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
 
+from edge import telemetry
 from edge.api.common import root_url
 from edge.auth import bearer_token, caller, renders_errors
 from edge.clients import CLIENTS
@@ -136,7 +136,7 @@ async def _get_capabilities(request: web.Request, params: dict[str, str]) -> web
 async def _get_map(request: web.Request, params: dict[str, str], user: str) -> web.StreamResponse:
     source = await _map_source(request, params)
     map_request = _map_request(params, source)
-    map_request.request_id = str(uuid.uuid4())
+    map_request.request_id = telemetry.request_id(request)
     map_request.user = user
     map_request.access_token = bearer_token(request)
     with rpc_errors():
@@ -174,7 +174,7 @@ async def _get_feature_info(request: web.Request, params: dict[str, str], user: 
         count = 0
     if count < 1:
         raise WmsError("InvalidParameterValue", f"FEATURE_COUNT={count_text} must be a whole number of at least 1", "feature_count")
-    map_request.request_id = str(uuid.uuid4())
+    map_request.request_id = telemetry.request_id(request)
     map_request.user = user
     map_request.access_token = bearer_token(request)
     info_request = scheduler_pb2.FeatureInfoRequest(map=map_request, i=i, j=j, feature_count=min(count, MAX_FEATURE_COUNT))

@@ -205,3 +205,15 @@ def test_a_repeated_loop_error_is_logged_once_a_minute(caplog: pytest.LogCapture
     finally:
         loop.close()
     assert len([r for r in caplog.records if "socket.accept()" in r.getMessage()]) == 1
+
+
+async def test_a_request_line_too_long_gets_a_json_400_saying_to_post_instead(mesh: Mesh) -> None:
+    response = await call("GET", f"{mesh.rangeset()}?granuleId={'G' * 9000}")
+    assert response.status_code == 400
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.json() == {
+        "code": "harmony.RequestValidationError",
+        "description": "Error: The request line or a header is longer than 8190 bytes; send long parameters as a form "
+        "body (POST, application/x-www-form-urlencoded) instead.",
+    }
+    assert (await call("GET", mesh.url + "/readiness")).status_code == 200  # the edge goes on answering

@@ -28,7 +28,7 @@ def _transformer(port: int, folder: Path) -> subprocess.Popen[bytes]:
     """`geomesh serve transformer` (gdal) on a fixed port, as its own process."""
     environment = {
         **os.environ, "GEOMESH_TRANSFORMER_PORT": str(port), "GEOMESH_TRANSFORMER_SCRATCH_DIR": str(folder),
-        "GEOMESH_LOG_LEVEL": "WARNING",
+        "GEOMESH_TRANSFORMER_LOG_LEVEL": "WARNING",
     }
     process = subprocess.Popen([sys.executable, "-m", "geomesh.cli", "serve", "transformer"], env=environment)
     deadline = time.monotonic() + 30

@@ -41,7 +41,7 @@ class SchedulerProcess:
             "GEOMESH_SCHEDULER_DATABASE_URL": database_url,
             "GEOMESH_SCHEDULER_LEASE_SECONDS": "1",
             "GEOMESH_SCHEDULER_DISPATCH_SLOTS": "2",
-            "GEOMESH_LOG_LEVEL": "WARNING",
+            "GEOMESH_SCHEDULER_LOG_LEVEL": "WARNING",
         }
         self.process: subprocess.Popen[bytes] | None = None
 
