@@ -239,3 +239,36 @@ def test_geomesh_migrate_makes_the_schema_for_schedulers_that_do_not(database_ur
             await store.close()
 
     assert asyncio.run(check()) == "0003"
+
+
+def test_migrations_run_at_once_take_turns_on_postgresql(tmp_path: Path) -> None:
+    """Three `geomesh migrate` (say, a migration Job and two schedulers still migrating) on one new
+    database: the advisory lock lets one make the schema and the others find it made."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import _postgres_database
+
+    databases = _postgres_database()
+    url = next(databases)
+    try:
+        environment = {**os.environ, "GEOMESH_SCHEDULER_DATABASE_URL": url, "GEOMESH_SCHEDULER_DATA_DIR": str(tmp_path)}
+        runs = [
+            subprocess.Popen([sys.executable, "-m", "geomesh.cli", "migrate"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(3)
+        ]
+        outputs = [run.communicate(timeout=120)[0] for run in runs]
+        assert [run.returncode for run in runs] == [0, 0, 0], outputs
+
+        async def version() -> str:
+            store = await JobStore.open(url, migrate=False)
+            try:
+                async with store.engine.connect() as connection:
+                    return str((await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar_one())
+            finally:
+                await store.close()
+
+        assert asyncio.run(version()) == "0003"
+    finally:
+        databases.close()
