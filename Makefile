@@ -13,10 +13,14 @@ $(BIN)/geomesh: pyproject.toml setup.py $(wildcard protos/geomesh/v1/*.proto)
 
 install: $(BIN)/geomesh
 
+# For tests/deploy/test_kubernetes.py: kubectl with kustomize, pinned (deploy/kubernetes/install-kubectl.sh).
+$(BIN)/kubectl: | $(BIN)/geomesh
+	deploy/kubernetes/install-kubectl.sh $(VENV)
+
 up: install  ## every service on localhost with the demo catalog; edge on http://127.0.0.1:3000
 	$(BIN)/geomesh up
 
-test: install lint
+test: install $(BIN)/kubectl lint
 	$(BIN)/pytest
 
 lint: install  ## ruff and mypy, as CI runs them
@@ -56,10 +60,10 @@ bench-wms: install  ## WMS GetMap through the mesh vs MapServer 8 (FastCGI behin
 
 .PHONY: image e2e-docker
 
-image:  ## the one image for every service, built without a registry (deploy/docker/build-offline.sh; root)
+image: install  ## the one image for every service, built without a registry (deploy/docker/build-offline.sh; root)
 	deploy/docker/build-offline.sh
 
-e2e-docker: install  ## opt-in: the mesh as containers of that image, the seed's requests against it (deploy/docker/e2e.sh)
+e2e-docker: install image  ## opt-in: the mesh as containers of that image, the seed's requests against it (deploy/docker/e2e.sh)
 	deploy/docker/e2e.sh
 
 clean:

@@ -65,12 +65,14 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         return request.app[RENDERERS].get(request.match_info.handler, error_response)(refusal)
     in_flight.total += 1
     in_flight.by_client[client] += 1
-    HTTP_IN_FLIGHT.set(in_flight.total)
+    resource = request.match_info.route.resource
+    answering = HTTP_IN_FLIGHT.labels(resource.canonical if resource else "unmatched")
+    answering.inc()
     try:
         return await handler(request)
     finally:
         in_flight.total -= 1
-        HTTP_IN_FLIGHT.set(in_flight.total)
+        answering.dec()
         in_flight.by_client[client] -= 1
         if not in_flight.by_client[client]:
             del in_flight.by_client[client]

@@ -59,17 +59,20 @@ JOBS = Gauge(
 )
 WORK_ITEMS_IN_FLIGHT = Gauge(
     "geomesh_work_items_in_flight",
-    "Work items this scheduler is running now.",
+    "Work items this scheduler is running now, by registry service.",
+    ["service"],
 )
+WORK_ITEM_OUTCOMES = ("successful", "retried", "failed", "lost", "waiting")
 WORK_ITEMS_FINISHED = Counter(
     "geomesh_work_items_finished_total",
     "Work item attempts ended by this scheduler: successful, retried, failed, lost (another scheduler took the lease), "
     "or waiting (no transformer reachable: tried again later, the attempt not counted).",
-    ["outcome"],
+    ["service", "outcome"],
 )
 WORK_ITEM_SECONDS = Histogram(
     "geomesh_work_item_seconds",
-    "Time from lease to staged output for one work item.",
+    "Time from lease to staged output for one work item, by registry service.",
+    ["service"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 GRPC_CLIENT_CALLS = Counter(
@@ -83,7 +86,9 @@ GRPC_CLIENT_SECONDS = Histogram(
     ["peer", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-HTTP_IN_FLIGHT = Gauge("geomesh_http_requests_in_flight", "HTTP requests the edge is answering now.")
+HTTP_IN_FLIGHT = Gauge(
+    "geomesh_http_requests_in_flight", "HTTP requests the edge is answering now, by route (as registered).", ["route"]
+)
 TRANSFORMER_WORKERS = Gauge(
     "geomesh_transformer_workers", "Worker processes of a transformer, by family and pool (light, heavy).", ["family", "pool"]
 )
@@ -109,5 +114,7 @@ DEPENDENCY_UP = Gauge(
     ["dependency"],
 )
 STAGING_FREE_BYTES = Gauge(
-    "geomesh_staging_free_bytes", "Free space where outputs are staged (a local folder; absent for S3)."
+    "geomesh_staging_free_bytes",
+    "Free space where a scheduler stages outputs, by backend (only a local folder has a size: absent for S3).",
+    ["backend"],
 )

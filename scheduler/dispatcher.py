@@ -16,12 +16,15 @@ import uuid
 from contextlib import suppress
 from datetime import timedelta
 
+import grpc
+
 from geomesh import logs, tracing
 from geomesh.errors import GatewayTimeoutError, GeomeshError, TooManyRequestsError, TransformError
 from geomesh.metrics import (
     DB_CONNECTIONS,
     JOBS,
     STAGING_FREE_BYTES,
+    WORK_ITEM_OUTCOMES,
     WORK_ITEM_SECONDS,
     WORK_ITEMS_FINISHED,
     WORK_ITEMS_IN_FLIGHT,
@@ -108,15 +111,15 @@ class Dispatcher:
             for lease in leases:
                 task = asyncio.create_task(self._run(lease))
                 self._running[lease.item_id] = (lease.job_id, task)
-                WORK_ITEMS_IN_FLIGHT.inc()
-                task.add_done_callback(functools.partial(self._finished, lease.item_id))
+                WORK_ITEMS_IN_FLIGHT.labels(lease.service).inc()
+                task.add_done_callback(functools.partial(self._finished, lease))
             if len(leases) < free or free <= 0:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), poll)
 
-    def _finished(self, item_id: int, _task: asyncio.Task[None]) -> None:
-        if self._running.pop(item_id, None) is not None:
-            WORK_ITEMS_IN_FLIGHT.dec()
+    def _finished(self, lease: Lease, _task: asyncio.Task[None]) -> None:
+        if self._running.pop(lease.item_id, None) is not None:
+            WORK_ITEMS_IN_FLIGHT.labels(lease.service).dec()
         self._wake.set()
 
     async def _renew_loop(self) -> None:
@@ -132,6 +135,8 @@ class Dispatcher:
         services: set[str] = set()
         while True:
             try:
+                if not services:  # every registry service reports from the start: 0, not absent
+                    services |= await self._registry_services()
                 queued = await self.store.queued()
                 services |= queued.keys()
                 for service in services:  # a service whose queue emptied reports 0, not its last count
@@ -144,10 +149,21 @@ class Dispatcher:
                 DB_CONNECTIONS.labels("idle").set(idle)
                 free = await self.stagings.default.free_bytes()
                 if free is not None:
-                    STAGING_FREE_BYTES.set(free)
+                    STAGING_FREE_BYTES.labels(self.stagings.default.backend).set(free)
             except Exception as error:  # the store restarting: the next round tries again
                 log.warning("reading the job store's gauges failed: %s", error)
             await asyncio.sleep(GAUGES_SECONDS)
+
+    async def _registry_services(self) -> set[str]:
+        try:
+            listed = await self.catalog.ListServices(catalog_pb2.ListServicesRequest(), timeout=5)
+        except grpc.RpcError:  # the catalog not up yet: the next round asks again
+            return set()
+        names = {service.name for service in listed.services}
+        for name in names:
+            for outcome in WORK_ITEM_OUTCOMES:
+                WORK_ITEMS_FINISHED.labels(name, outcome)
+        return names
 
     async def _run(self, lease: Lease) -> None:
         granule = types_pb2.Granule.FromString(lease.granule)
@@ -158,7 +174,7 @@ class Dispatcher:
     async def _run_item(self, lease: Lease, granule: types_pb2.Granule) -> None:
         limit = self.settings.work_item_timeout_seconds
         try:
-            with WORK_ITEM_SECONDS.time():
+            with WORK_ITEM_SECONDS.labels(lease.service).time():
                 if lease.attempts > self.settings.max_attempts:
                     # Leased again after its schedulers kept stopping mid-item: do not try forever.
                     raise TransformError(f"abandoned after {self.settings.max_attempts} attempts")
@@ -173,7 +189,7 @@ class Dispatcher:
             # Every replica is down (restarting, say) or full: wait for one without spending the item's attempts.
             delay = min(10.0, self.settings.retry_delay_seconds * 2)
             log.warning("job %s granule %s: no transformer free or reachable, trying again in %g s", lease.job_id, granule.id, delay)
-            WORK_ITEMS_FINISHED.labels("waiting").inc()
+            WORK_ITEMS_FINISHED.labels(lease.service, "waiting").inc()
             await self.store.release(self.owner, [lease.item_id], not_before=utcnow() + timedelta(seconds=delay))
             return
         except Exception as error:
@@ -186,7 +202,7 @@ class Dispatcher:
             kept = await recorded
         except Exception:  # logged by the recorder; the lease runs out and the item runs again
             kept = False
-        WORK_ITEMS_FINISHED.labels("successful" if kept else "lost").inc()
+        WORK_ITEMS_FINISHED.labels(lease.service, "successful" if kept else "lost").inc()
 
     async def _record_loop(self) -> None:
         """Commit finished outputs in batches: one transaction for all that finished meanwhile."""
@@ -269,7 +285,7 @@ class Dispatcher:
             "job %s granule %s attempt %d failed%s: %s",
             lease.job_id, granule.id, lease.attempts, ", will retry" if retry_at else "", geomesh_error.message,
         )
-        WORK_ITEMS_FINISHED.labels("retried" if retry_at else "failed").inc()
+        WORK_ITEMS_FINISHED.labels(lease.service, "retried" if retry_at else "failed").inc()
         await self.store.fail(
             self.owner,
             lease.item_id,

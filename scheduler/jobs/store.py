@@ -134,6 +134,7 @@ class Lease:
     attempts: int
     data_request: bytes
     service_match: bytes | None  # None only for direct-download jobs, which have no work items
+    service: str  # the registry service that runs it ("unknown" for jobs made before migration 0003)
 
 
 def _whole(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -355,7 +356,10 @@ class JobStore:
                 .values(status="running", lease_owner=owner, lease_expires_at=now + lease_for, attempts=WorkItemRow.attempts + 1)
             )
             rows = await session.execute(
-                select(WorkItemRow.id, WorkItemRow.job_id, WorkItemRow.granule, WorkItemRow.attempts, JobRow.data_request, JobRow.service_match)
+                select(
+                    WorkItemRow.id, WorkItemRow.job_id, WorkItemRow.granule, WorkItemRow.attempts, JobRow.data_request,
+                    JobRow.service_match, func.coalesce(JobRow.service, "unknown"),
+                )
                 .join(JobRow, JobRow.job_id == WorkItemRow.job_id)
                 .where(WorkItemRow.id.in_(ids))
                 .order_by(WorkItemRow.id)

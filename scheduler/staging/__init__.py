@@ -76,6 +76,7 @@ class Writer(Protocol):
 
 class Staging(Protocol):
     url: str
+    backend: str  # its metrics' label: file, s3
 
     def writer(self, key: StagedKey, media_type: str) -> AbstractAsyncContextManager[Writer]:
         """Stream an output in; it appears under its name only if the block ends without error."""

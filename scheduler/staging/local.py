@@ -40,6 +40,8 @@ def _disk_errors() -> Iterator[None]:
 
 
 class LocalStaging:
+    backend = "file"
+
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.url = self.root.as_uri()
@@ -63,7 +65,7 @@ class LocalStaging:
             with _disk_errors():
                 await asyncio.to_thread(file.close)
                 os.replace(partial, path)
-            STAGING_BYTES.labels("file").inc(path.stat().st_size)
+            STAGING_BYTES.labels(self.backend).inc(path.stat().st_size)
         finally:
             if not file.closed:
                 await asyncio.to_thread(file.close)

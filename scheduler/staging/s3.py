@@ -96,6 +96,8 @@ class _MultipartWriter:
 
 
 class S3Staging:
+    backend = "s3"
+
     def __init__(self, url: str, s3: S3Clients) -> None:
         self.bucket, self.prefix = split_s3_url(url)
         self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -119,7 +121,7 @@ class S3Staging:
             try:
                 yield writer
                 await writer.complete()
-                STAGING_BYTES.labels("s3").inc(writer.size)
+                STAGING_BYTES.labels(self.backend).inc(writer.size)
             except BaseException:
                 await asyncio.shield(writer.abort())
                 raise

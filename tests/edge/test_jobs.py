@@ -208,8 +208,14 @@ async def test_job_work_is_visible_to_prometheus(mesh: Mesh) -> None:
 
     await wait_for(mesh, await submit(mesh, "maxResults=2"))
     families = {f.name: f for f in text_string_to_metric_families((await call("GET", f"{mesh.url}/metrics")).text)}
-    finished = {s.labels["outcome"]: s.value for s in families["geomesh_work_items_finished"].samples if s.name.endswith("_total")}
-    assert finished["successful"] >= 2
+    finished = {
+        (s.labels["service"], s.labels["outcome"]): s.value
+        for s in families["geomesh_work_items_finished"].samples
+        if s.name.endswith("_total")
+    }
+    assert finished["harmony/gdal", "successful"] >= 2
+    # Every registry service's outcomes exist from the start, so rate() sees a first success.
+    assert ("harmony/netcdf", "failed") in finished
     assert {"geomesh_work_items_queued", "geomesh_work_items_in_flight", "geomesh_work_item_seconds"} <= set(families)
 
 
