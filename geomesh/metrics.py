@@ -16,6 +16,9 @@ try:
 except PackageNotFoundError:  # run from a source tree that was not installed
     VERSION = "unknown"
 
+# Seconds, from a map tile's milliseconds to a whole granule's minute.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
 BUILD_INFO = Info("geomesh_build", "The geomesh release this process runs.")
 BUILD_INFO.info({"version": VERSION})
 
@@ -28,7 +31,7 @@ RPC_SECONDS = Histogram(
     "geomesh_grpc_server_handling_seconds",
     "Time to complete a gRPC call (streams: until the last message).",
     ["service", "method"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    buckets=LATENCY_BUCKETS,
 )
 HTTP_HANDLED = Counter(
     "geomesh_http_requests_total",
@@ -39,7 +42,7 @@ HTTP_SECONDS = Histogram(
     "geomesh_http_request_seconds",
     "Time to answer an HTTP request at the edge (streamed bodies: until the last byte).",
     ["route", "method"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    buckets=LATENCY_BUCKETS,
 )
 OUTPUT_BYTES = Counter(
     "geomesh_output_bytes_total",
@@ -84,7 +87,7 @@ GRPC_CLIENT_SECONDS = Histogram(
     "geomesh_grpc_client_call_seconds",
     "Time this process waited for a gRPC call (streams: until the last message).",
     ["peer", "method"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    buckets=LATENCY_BUCKETS,
 )
 HTTP_IN_FLIGHT = Gauge(
     "geomesh_http_requests_in_flight", "HTTP requests the edge is answering now, by route (as registered).", ["route"]

@@ -230,15 +230,16 @@ def test_geomesh_migrate_makes_the_schema_for_schedulers_that_do_not(database_ur
     assert done.exit_code == 0, done.output
     assert "the job store is at the newest schema" in done.output and "password" not in done.output
 
-    async def check() -> str:
-        store = await JobStore.open(database_url, migrate=False)
-        try:
-            async with store.engine.connect() as connection:
-                return str((await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar_one())
-        finally:
-            await store.close()
+    assert asyncio.run(schema_version(database_url)) == "0003"
 
-    assert asyncio.run(check()) == "0003"
+
+async def schema_version(url: str) -> str:
+    store = await JobStore.open(url, migrate=False)
+    try:
+        async with store.engine.connect() as connection:
+            return str((await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar_one())
+    finally:
+        await store.close()
 
 
 def test_migrations_run_at_once_take_turns_on_postgresql(tmp_path: Path) -> None:
@@ -260,15 +261,6 @@ def test_migrations_run_at_once_take_turns_on_postgresql(tmp_path: Path) -> None
         ]
         outputs = [run.communicate(timeout=120)[0] for run in runs]
         assert [run.returncode for run in runs] == [0, 0, 0], outputs
-
-        async def version() -> str:
-            store = await JobStore.open(url, migrate=False)
-            try:
-                async with store.engine.connect() as connection:
-                    return str((await connection.execute(text("SELECT version_num FROM alembic_version"))).scalar_one())
-            finally:
-                await store.close()
-
-        assert asyncio.run(version()) == "0003"
+        assert asyncio.run(schema_version(url)) == "0003"
     finally:
         databases.close()
