@@ -133,10 +133,13 @@ class Dispatcher:
     async def _gauges_loop(self) -> None:
         """What the job store holds (the same in every scheduler), every GAUGES_SECONDS."""
         services: set[str] = set()
+        listed = False
         while True:
             try:
-                if not services:  # every registry service reports from the start: 0, not absent
-                    services |= await self._registry_services()
+                if not listed:  # every registry service reports from the start: 0, not absent
+                    registry = await self._registry_services()
+                    services |= registry or set()
+                    listed = registry is not None
                 queued = await self.store.queued()
                 services |= queued.keys()
                 for service in services:  # a service whose queue emptied reports 0, not its last count
@@ -154,11 +157,12 @@ class Dispatcher:
                 log.warning("reading the job store's gauges failed: %s", error)
             await asyncio.sleep(GAUGES_SECONDS)
 
-    async def _registry_services(self) -> set[str]:
+    async def _registry_services(self) -> set[str] | None:
+        """The registry's service names, their outcome counters made at 0; None if the catalog did not answer."""
         try:
             listed = await self.catalog.ListServices(catalog_pb2.ListServicesRequest(), timeout=5)
-        except grpc.RpcError:  # the catalog not up yet: the next round asks again
-            return set()
+        except (grpc.RpcError, GeomeshError):  # the catalog not up yet: the next round asks again
+            return None
         names = {service.name for service in listed.services}
         for name in names:
             for outcome in WORK_ITEM_OUTCOMES:
