@@ -51,14 +51,14 @@ def server_span(name: str, carrier: Mapping[str, str], **attributes: Any) -> Spa
 @contextmanager
 def current(span: Span) -> Iterator[Span]:
     """`span` as the current span (logs carry its trace id, outgoing calls its context), ended after."""
-    token = context.attach(trace.set_span_in_context(span))
+    previous = context.get_current()
+    context.attach(trace.set_span_in_context(span))
     try:
         yield span
     finally:
-        # A stream closed by gRPC after its caller left ends in another context, where there is
-        # nothing to restore (and detaching would fail): only the context that holds the span detaches.
-        if trace.get_current_span() is span:
-            context.detach(token)
+        # Set back rather than reset a token: a stream that gRPC closes after its caller left ends
+        # in another Context (a copy of this one), where resetting would fail.
+        context.attach(previous)
         span.end()
 
 

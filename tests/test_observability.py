@@ -6,6 +6,7 @@ and each service's own log level."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import io
 import json
 import logging
@@ -218,3 +219,22 @@ async def test_request_ids_are_kept_when_usable_and_every_answer_is_logged(mesh:
     assert line.bytes > 0 and line.duration_ms > 0  # type: ignore[attr-defined]
     assert '"GET /C1233800302-EEDTEST/ogc-api-coverages/1.0.0/collections/all/coverage/rangeset?' in line.getMessage()
     assert access(made).status == 404  # type: ignore[attr-defined]
+
+
+def test_a_span_ended_in_another_context_logs_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    """gRPC closes a server stream whose caller left from a copy of the call's context: the span ends
+    there without 'Failed to detach context' errors (each one would look like a server fault)."""
+    from opentelemetry import trace
+
+    from geomesh import tracing
+
+    before = trace.get_current_span()
+    with tracing.current(tracing.server_span("scheduler/GetJob", {})) as span:
+        assert trace.get_current_span() is span
+    assert trace.get_current_span() is before  # ended where it began: what was current is again
+
+    inside = tracing.current(tracing.server_span("scheduler/Execute", {"traceparent": f"00-{TRACE_ID}-{PARENT}-01"}))
+    inside.__enter__()
+    with caplog.at_level(logging.INFO):
+        contextvars.copy_context().run(inside.__exit__, None, None, None)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
