@@ -125,9 +125,7 @@ class Entry(Generic[Stub]):
     def observe(self, method: str, code: grpc.StatusCode, started: float, span: tracing.Span) -> None:
         GRPC_CLIENT_CALLS.labels(self.peer, self.target, method, code.name).inc()
         GRPC_CLIENT_SECONDS.labels(self.peer, method).observe(time.perf_counter() - started)
-        span.set_attribute("rpc.grpc.status_code", code.value[0])
-        if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
-            tracing.failed(span, code.name)
+        tracing.rpc_code(span, code)
         span.end()
 
     def ready_or_idle(self) -> bool:

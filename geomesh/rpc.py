@@ -59,7 +59,7 @@ class _Call:
         if refusal is not None:  # aborting raises here: __aexit__ will not run
             code, message = refusal
             RPC_HANDLED.labels(self.service, self.method, code.name).inc()
-            tracing.failed(self.span, code.name)
+            tracing.rpc_code(self.span, code)
             self.span.end()
             await self.context.abort(code, message)
         self.current.__enter__()
@@ -87,10 +87,8 @@ class _Call:
         finally:
             RPC_HANDLED.labels(self.service, self.method, code.name).inc()
             RPC_SECONDS.labels(self.service, self.method).observe(time.perf_counter() - self.started)
-            self.span.set_attribute("rpc.grpc.status_code", code.value[0])
-            if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
-                tracing.failed(self.span, code.name)
-            self.current.__exit__(None, None, None)
+            tracing.rpc_code(self.span, code)
+            self.current.__exit__(None, None, None)  # ends the span
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import grpc
 from opentelemetry import context, propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-__all__ = ["HEADERS", "Span", "client_span", "configure", "current", "failed", "outgoing", "server_span"]
+__all__ = ["HEADERS", "Span", "client_span", "configure", "current", "failed", "outgoing", "rpc_code", "server_span"]
 
 tracer = trace.get_tracer("geomesh")
 HEADERS = ("traceparent", "tracestate")  # W3C trace context
@@ -77,3 +78,10 @@ def outgoing(span: Span, metadata: Iterable[tuple[str, str]] = ()) -> tuple[tupl
 
 def failed(span: Span, description: str) -> None:
     span.set_status(Status(StatusCode.ERROR, description))
+
+
+def rpc_code(span: Span, code: grpc.StatusCode) -> None:
+    """A gRPC call's outcome on its span: an error unless OK or CANCELLED (a caller that left)."""
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED):
+        failed(span, code.name)

@@ -179,9 +179,11 @@ class JobStore:
         return cls(engine)
 
     async def ping(self) -> None:
-        """A round trip to the database (raises when it cannot be reached)."""
-        async with self.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        """A round trip to the database (raises when it cannot be reached): a connection checked out of
+        the pool, which pings it first (pool_pre_ping). No statement, so no transaction: on SQLite
+        every transaction begins IMMEDIATE, taking the write lock."""
+        async with self.engine.connect():
+            pass
 
     async def close(self) -> None:
         await asyncio.gather(*self._writing, return_exceptions=True)
