@@ -832,8 +832,9 @@ def prometheus(real_mesh: RealMesh, tmp_path_factory: pytest.TempPathFactory) ->
         deadline = time.monotonic() + 60
         while True:
             assert process.poll() is None and time.monotonic() < deadline, (work / "prometheus.log").read_text()[-3000:]
-            try:
-                if len(running.query("up == 1")) == len(COMPONENTS):
+            try:  # /-/ready: 503 (not JSON) while its storage starts; then every target up
+                ready = requests.get(f"{running.url}/-/ready", timeout=10).status_code == 200
+                if ready and len(running.query("up == 1")) == len(COMPONENTS):
                     break
             except requests.ConnectionError:
                 pass
