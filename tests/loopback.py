@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -30,6 +37,53 @@ async def serve_app(app: web.Application, shutdown_timeout: float = 1) -> AsyncI
         yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+@dataclass
+class Up:
+    """A running `geomesh up`: its port options, its output (every service's lines) and its process."""
+
+    ports: dict[str, int]
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def edge(self) -> str:
+        return f"http://127.0.0.1:{self.ports['--port']}"
+
+
+@contextmanager
+def geomesh_up(data_dir: Path, work: Path, timeout: float = 90.0, **settings: str) -> Iterator[Up]:
+    """`geomesh up` on the demo data in data_dir, its jobs and outputs in `work` (SQLite, a folder),
+    with GEOMESH_* `settings` added, until it says it is up; stopped afterwards (SIGTERM, then its
+    whole process session killed)."""
+    ports = up_ports()
+    command = [sys.executable, "-m", "geomesh.cli", "up", "--host", "127.0.0.1", "--data-dir", str(data_dir)]
+    command += [str(part) for option, port in ports.items() for part in (option, port)]
+    env = {
+        **os.environ,
+        "GEOMESH_SCHEDULER_DATABASE_URL": f"sqlite+aiosqlite:///{work / 'jobs.db'}",
+        "GEOMESH_SCHEDULER_STAGING_URL": (work / "staging").resolve().as_uri(),
+        **settings,
+    }
+    log = work / "geomesh.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while b"geomesh is up" not in log.read_bytes():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"geomesh up did not come up:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)  # the poll interval of the condition above
+        yield Up(ports, log, process)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: the services it started go too
+            process.wait()
 
 
 def up_ports() -> dict[str, int]:

@@ -26,7 +26,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +47,7 @@ from geomesh import metrics
 from geomesh.settings import TRANSFORMER_FAMILIES
 from scheduler.jobs.states import JobStatus
 from tests.conftest import GLOBAL_GRANULE, HARMONY_EXAMPLE
-from tests.loopback import up_ports
+from tests.loopback import geomesh_up
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -685,7 +684,6 @@ def test_the_dashboard_is_grafanas() -> None:
 
 # --- A real mesh, scraped ---------------------------------------------------------------------------
 
-UP_TIMEOUT_S = 90.0
 JOB_GRANULES = 6
 
 
@@ -697,16 +695,6 @@ class RealMesh:
     queued_seen: dict[str, float] = field(default_factory=dict)  # work items queued, by service, while gdal was stopped
     at_start: list[Sample] = field(default_factory=list)  # the scheduler's metrics before any request
     job_id: str = ""
-
-
-def _stop(process: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # its own session: the services it started go too
-        process.wait()
 
 
 def _children(pid: int) -> dict[str, int]:
@@ -737,34 +725,13 @@ def samples(scraped: Iterable[Sample], name: str, **labels: str) -> list[Sample]
 def real_mesh(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealMesh]:
     """`geomesh up` on the demo data, its jobs and outputs kept out of demo_dir; one dispatch slot,
     so a job's items wait in the queue while the one in flight waits for its transformer."""
-    work = tmp_path_factory.mktemp("prometheus-mesh")
-    ports = up_ports()
-    command = [sys.executable, "-m", "geomesh.cli", "up", "--host", "127.0.0.1", "--data-dir", str(demo_dir)]
-    command += [str(part) for option, port in ports.items() for part in (option, port)]
-    env = {
-        **os.environ,
-        "GEOMESH_SCHEDULER_DATABASE_URL": f"sqlite+aiosqlite:///{work / 'jobs.db'}",
-        "GEOMESH_SCHEDULER_STAGING_URL": (work / "staging").resolve().as_uri(),
-        "GEOMESH_SCHEDULER_DISPATCH_SLOTS": "1",
-    }
-    log_path = work / "geomesh.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + UP_TIMEOUT_S
-        while b"geomesh is up" not in log_path.read_bytes():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"geomesh up did not come up:\n{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.1)
-        logged = log_path.read_text(errors="replace")
+    with geomesh_up(demo_dir, tmp_path_factory.mktemp("prometheus-mesh"), GEOMESH_SCHEDULER_DISPATCH_SLOTS="1") as up:
+        logged = up.log.read_text(errors="replace")
         # Each gRPC service logs its metrics port: "scheduler listening on 127.0.0.1:50051 (metrics: 9155)".
         ports_by_name = dict(re.findall(r"([\w-]+) listening on \S+ \(metrics: (\d+)\)", logged))
-        edge = f"http://127.0.0.1:{ports['--port']}"
-        urls = {name: f"http://127.0.0.1:{port}/metrics" for name, port in ports_by_name.items()} | {"edge": f"{edge}/metrics"}
+        urls = {name: f"http://127.0.0.1:{port}/metrics" for name, port in ports_by_name.items()} | {"edge": f"{up.edge}/metrics"}
         assert set(urls) == set(COMPONENTS), logged[-3000:]
-        yield RealMesh(edge, urls, _children(process.pid))
-    finally:
-        _stop(process)
+        yield RealMesh(up.edge, urls, _children(up.process.pid))
 
 
 def _free_port() -> int:

@@ -7,10 +7,6 @@ ports. Checked: no answer is a 5xx, and each answer's status, media type and bod
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,52 +28,19 @@ from schemathesis.specs.openapi.checks import (
 
 from edge.api import openapi
 from tests.conftest import GLOBAL_GRANULE, HARMONY_EXAMPLE
-from tests.loopback import up_ports
+from tests.loopback import geomesh_up
 
-UP_TIMEOUT_S = 90.0
-STOP_GRACE_S = 20.0
 EXAMPLES = 15  # per operation, valid and invalid cases together
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)  # its own session: the services it started go too
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def edge_url(demo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`geomesh up` on the demo data until it says it is up; its jobs and outputs kept out of demo_dir."""
-    work = tmp_path_factory.mktemp("schemathesis")
-    ports = up_ports()
-    edge = ports["--port"]
-    command = [sys.executable, "-m", "geomesh.cli", "up", "--host", "127.0.0.1", "--data-dir", str(demo_dir)]
-    command += [str(part) for option, port in ports.items() for part in (option, port)]
-    env = {
-        **os.environ,
-        "GEOMESH_SCHEDULER_DATABASE_URL": f"sqlite+aiosqlite:///{work / 'jobs.db'}",
-        "GEOMESH_SCHEDULER_STAGING_URL": (work / "staging").resolve().as_uri(),
-        # Fuzzed rangesets without granuleId become jobs over all 177 granules; two each keeps the
-        # job paths exercised without the dispatcher eating the 2-core machine.
-        "GEOMESH_SCHEDULER_MAX_GRANULES": "2",
-    }
-    log_path = work / "geomesh.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + UP_TIMEOUT_S
-        while b"geomesh is up" not in log_path.read_bytes():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"geomesh up did not come up:\n{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{edge}"
-    finally:
-        _stop(process)
+    """`geomesh up` on the demo data; its jobs and outputs kept out of demo_dir."""
+    # Fuzzed rangesets without granuleId become jobs over all 177 granules; two each keeps the
+    # job paths exercised without the dispatcher eating the 2-core machine.
+    with geomesh_up(demo_dir, tmp_path_factory.mktemp("schemathesis"), GEOMESH_SCHEDULER_MAX_GRANULES="2") as up:
+        yield up.edge
 
 
 @pytest.fixture(scope="module")
